@@ -1,0 +1,140 @@
+"""Find the archive's files and the day partition each belongs to.
+
+A file's partition day comes from its path (``dt=YYYY-MM-DD``, ``YYYY/MM/DD`` folders, or a
+``YYYY-MM-DD`` in its name); a file with no date in its path is assigned the UTC day of its
+first timestamp, or failing that of its modification time. Events always keep their own UTC
+day in the ``events`` table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from audits.errors import InputError
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_IGNORED_NAMES = {"_SUCCESS", ".DS_Store"}
+
+_HIVE_DAY = re.compile(r"(?:^|/)(?:dt|date|day)=(\d{4}-\d{2}-\d{2})(?:/|$)")
+_FOLDER_DAY = re.compile(r"(?:^|/)(\d{4})/(\d{2})/(\d{2})(?:/|$)")
+_NAME_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """One file of the archive, with what is known about it before reading it."""
+
+    path: Path
+    size_bytes: int
+    mtime_ns: int
+    format: str  # "jsonl" | "parquet"
+    day: dt.date
+
+    @property
+    def compressed(self) -> bool:
+        return self.path.name.endswith(".gz")
+
+
+def file_format(path: Path) -> str | None:
+    """``"jsonl"`` or ``"parquet"`` from the file name, ``None`` for anything else."""
+    name = path.name.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+def day_from_path(relative: str) -> dt.date | None:
+    """The partition day a path names, if it names one."""
+    for pattern in (_HIVE_DAY, _FOLDER_DAY, _NAME_DAY):
+        match = pattern.search(relative)
+        if match:
+            text = "-".join(match.groups()) if len(match.groups()) == 3 else match.group(1)
+            try:
+                return dt.date.fromisoformat(text)
+            except ValueError:
+                continue
+    return None
+
+
+def scan_archive(root: str | Path) -> tuple[list[ArchiveFile], list[Path]]:
+    """List the archive's log files (sorted by path) and the other files it holds."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"log archive not found: {root}")
+    candidates = [root] if root.is_file() else _walk(root)
+    files: list[ArchiveFile] = []
+    skipped: list[Path] = []
+    for path in candidates:
+        fmt = file_format(path)
+        if fmt is None:
+            if path.name not in _IGNORED_NAMES and not path.name.startswith("."):
+                skipped.append(path)
+            continue
+        stat = path.stat()
+        relative = path.relative_to(root).as_posix() if path != root else path.name
+        day = day_from_path(relative) or _first_event_day(path, fmt) or _mtime_day(stat)
+        files.append(ArchiveFile(path, stat.st_size, stat.st_mtime_ns, fmt, day))
+    return files, skipped
+
+
+def _mtime_day(stat: os.stat_result) -> dt.date:
+    """Last resort for a file whose path and content name no day: its modification day."""
+    return dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).date()
+
+
+def _walk(root: Path) -> list[Path]:
+    paths = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        paths.extend(Path(folder) / name for name in sorted(names))
+    return paths
+
+
+def _first_event_day(path: Path, fmt: str) -> dt.date | None:
+    """The UTC day of the first parseable timestamp in a file (for paths that name no day)."""
+    try:
+        if fmt == "parquet":
+            return _first_parquet_day(path)
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+            for _, line in zip(range(1000), handle, strict=False):
+                day = _day_of_line(line)
+                if day:
+                    return day
+    except (OSError, EOFError):
+        return None
+    return None
+
+
+def _day_of_line(line: str) -> dt.date | None:
+    try:
+        value = json.loads(line).get("ts")
+        stamp = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except (ValueError, AttributeError, TypeError):
+        return None
+    if stamp.tzinfo is None:
+        return None
+    return stamp.astimezone(dt.UTC).date()
+
+
+def _first_parquet_day(path: Path) -> dt.date | None:
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path).read_row_group(0, columns=["ts"]) if path.stat().st_size else None
+    if table is None or table.num_rows == 0:
+        return None
+    value = table.column("ts")[0].as_py()
+    if isinstance(value, str):
+        return _day_of_line(json.dumps({"ts": value}))
+    if isinstance(value, dt.datetime):
+        return (value.astimezone(dt.UTC) if value.tzinfo else value).date()
+    return None

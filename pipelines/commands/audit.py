@@ -1,0 +1,118 @@
+"""``stealwatch audit``: ingest and audit an archive's days through the Dagster assets."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from audits.catalog import scan_archive
+from audits.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="ingest an archive of prediction-API logs and audit it",
+        description="Materialise the audit assets (the same the daily schedule runs) for every "
+        "day present in the archive, or the range given.",
+    )
+    parser.add_argument("--logs", required=True, help="archive root folder (or one file)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--model",
+        help="served model (.skops default; .onnx; pickle with "
+        "--trust-pickle): its input width checks features",
+    )
+    parser.add_argument("--reference", help="reference inputs (Parquet/CSV) of legitimate use")
+    parser.add_argument("--train", help="the model's training data, for the privacy audit")
+    parser.add_argument("--holdout", help="held-out data, for the privacy audit")
+    parser.add_argument("--label-column", default="label", help="label column (default: label)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickle/joblib model (runs code from the file)",
+    )
+    parser.add_argument("--start", help="first UTC day to audit, YYYY-MM-DD")
+    parser.add_argument("--end", help="last UTC day to audit, YYYY-MM-DD")
+    parser.add_argument("--db", help="DuckDB file (default: OUT/stealwatch.duckdb)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(handler=run)
+
+
+def parse_day(value: str | None, flag: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{flag} must be a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def _existing(path: str | None, what: str) -> str | None:
+    if path is not None and not Path(path).exists():
+        raise InputError(f"{what} not found: {path}")
+    return path
+
+
+def audit_days(logs: str, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.date]:
+    """The day range to audit: the archive's days, narrowed by ``start``/``end``."""
+    if start and end and start > end:
+        raise InputError(f"--start {start} is after --end {end}")
+    files, _skipped = scan_archive(logs)
+    if not files:
+        raise InputError(f"no log files (.jsonl, .ndjson, .json[.gz], .parquet) under {logs}")
+    days = sorted({f.day for f in files})
+    inside = [d for d in days if (start is None or d >= start) and (end is None or d <= end)]
+    if not inside:
+        raise InputError(
+            f"no log files for {start or days[0]}..{end or days[-1]} in {logs} "
+            f"(the archive holds {days[0]}..{days[-1]})"
+        )
+    return start or inside[0], end or inside[-1]
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.resources import AuditConfig
+    from pipelines.runner import run_audit, show_progress
+
+    start, end = audit_days(
+        _existing(args.logs, "log archive"),
+        parse_day(args.start, "--start"),
+        parse_day(args.end, "--end"),
+    )
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out}: {exc.strerror}") from None
+    audit = AuditConfig(
+        logs=args.logs,
+        out_dir=str(out),
+        model=_existing(args.model, "model"),
+        reference=_existing(args.reference, "reference data"),
+        train=_existing(args.train, "training data"),
+        holdout=_existing(args.holdout, "holdout data"),
+        label_column=args.label_column,
+        trust_pickle=args.trust_pickle,
+        start=start.isoformat(),
+        end=end.isoformat(),
+    )
+    database = args.db or str(out / "stealwatch.duckdb")
+    show_progress(not args.quiet)
+    print(f"stealwatch: auditing {start}..{end} of {args.logs} into {database}", file=sys.stderr)
+    run_audit(audit, database, start, end)
+    summary = json.loads((out / "ingest_summary.json").read_text())
+    print(
+        f"ingested {summary['files']} files: {summary['rows_read']} records read, "
+        f"{summary['accepted']} accepted, {summary['duplicates']} duplicates, "
+        f"{sum(summary['rejected'].values())} rejected",
+        file=sys.stderr,
+    )
+    for name in ("report.html", "ingest_summary.json"):
+        if (out / name).exists():
+            print(out / name)
+            break
+    return 0

@@ -1,0 +1,44 @@
+"""Resources shared by every asset: where the archive and the outputs are, and the audit window."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+
+class AuditConfig(ConfigurableResource):
+    """What one audit run looks at and where it writes.
+
+    ``start``/``end`` bound the audit window (inclusive UTC days, ``YYYY-MM-DD``); when unset the
+    window is every day present in the ``events`` table.
+    """
+
+    logs: str
+    out_dir: str
+    model: str | None = None
+    reference: str | None = None
+    train: str | None = None
+    holdout: str | None = None
+    label_column: str = "label"
+    trust_pickle: bool = False
+    start: str | None = None
+    end: str | None = None
+
+    @property
+    def out_path(self) -> Path:
+        path = Path(self.out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def window(self, con) -> tuple[dt.date, dt.date] | None:
+        """The audit window: the configured days, else the span of days in ``events``."""
+        if self.start and self.end:
+            return dt.date.fromisoformat(self.start), dt.date.fromisoformat(self.end)
+        row = con.sql("SELECT min(day), max(day) FROM events").fetchall()[0]
+        if row[0] is None:
+            return None
+        start = dt.date.fromisoformat(self.start) if self.start else row[0]
+        end = dt.date.fromisoformat(self.end) if self.end else row[1]
+        return start, end
