@@ -14,9 +14,7 @@ import warnings
 
 from audits.errors import AuditFailed, InputError
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "pipelines.commands.audit",
-)
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.commands.audit",)
 
 
 def build_parser() -> argparse.ArgumentParser:

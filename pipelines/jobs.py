@@ -1,21 +1,28 @@
 """Jobs and schedules, at module scope so multiprocess children can re-import them."""
 
-from __future__ import annotations
+import datetime as dt
 
-from dagster import AssetSelection, build_schedule_from_partitioned_job, define_asset_job
-
-from pipelines.partitions import daily_partitions
+from dagster import (
+    AssetSelection,
+    RunRequest,
+    ScheduleEvaluationContext,
+    define_asset_job,
+    schedule,
+)
 
 daily_audit_job = define_asset_job(
     "daily_audit",
     selection=AssetSelection.all(),
-    partitions_def=daily_partitions,
     description="Ingest a day range of the archive and audit it: every stage, one run.",
 )
 
-daily_audit_schedule = build_schedule_from_partitioned_job(
-    daily_audit_job,
-    hour_of_day=3,
-    name="daily_audit_schedule",
+
+@schedule(
+    job=daily_audit_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
     description="Every day at 03:00 UTC, audit yesterday's partition.",
 )
+def daily_audit_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+    yesterday = (context.scheduled_execution_time - dt.timedelta(days=1)).date().isoformat()
+    return RunRequest(run_key=f"daily-{yesterday}", partition_key=yesterday)

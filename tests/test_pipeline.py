@@ -1,0 +1,124 @@
+"""The Dagster wiring and the `stealwatch audit` command, end to end on generated archives."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import build_schedule_context, build_sensor_context
+
+from pipelines.cli import main
+from pipelines.jobs import daily_audit_schedule
+from pipelines.resources import AuditConfig
+from pipelines.sensors import new_archive_files
+from tests.conftest import make_record, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_validate() -> None:
+    env = {**os.environ, "STEALWATCH_OUT": "/tmp/stealwatch-validate"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "pipelines.definitions"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_audit_writes_the_summary_and_a_rerun_changes_nothing(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    assert main(["audit", "--logs", str(archive), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "ingest_summary.json").read_text())
+    assert {
+        k: summary[k] for k in ("files", "rows_read", "accepted", "duplicates", "rejected")
+    } == {
+        "files": 4,
+        "rows_read": 800,
+        "accepted": 800,
+        "duplicates": 0,
+        "rejected": {},
+    }
+    assert capsys.readouterr().out.strip().endswith("ingest_summary.json")
+    assert main(["audit", "--logs", str(archive), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "ingest_summary.json").read_text()) == summary
+    import duckdb
+
+    con = duckdb.connect(str(out / "stealwatch.duckdb"), read_only=True)
+    assert con.sql("SELECT count(*) FROM events").fetchall() == [(800,)]
+
+
+def test_a_range_audits_only_its_days(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["audit", "--logs", str(archive), "--out", str(out), "--quiet"]
+    assert main([*args, "--start", "2026-11-02", "--end", "2026-11-02"]) == 0
+    summary = json.loads((out / "ingest_summary.json").read_text())
+    assert summary["files"] == 2 and summary["window"] == ["2026-11-02", "2026-11-02"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--start", "11/02/2026"], "--start must be a date as YYYY-MM-DD"),
+        (["--start", "2026-11-03", "--end", "2026-11-01"], "is after --end"),
+        (["--start", "2027-01-01"], "no log files for 2027-01-01"),
+        (["--model", "/nonexistent/model.skops"], "model not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    code = main(["audit", "--logs", str(archive), "--out", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_archive_via_the_console_script(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "stealwatch"),
+            "audit",
+            "--logs",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"stealwatch: error: log archive not found: {tmp_path / 'nope'}"
+    ]
+
+
+def test_schedule_audits_yesterday() -> None:
+    context = build_schedule_context(
+        scheduled_execution_time=dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.UTC)
+    )
+    request = daily_audit_schedule(context)
+    assert request.partition_key == "2026-11-21"
+
+
+def test_sensor_requests_the_days_of_new_files(archive: Path, tmp_path: Path) -> None:
+    audit = AuditConfig(logs=str(archive), out_dir=str(tmp_path / "out"))
+    first = new_archive_files(build_sensor_context(resources={"audit": audit}))
+    assert sorted(r.partition_key for r in first.run_requests) == ["2026-11-01", "2026-11-02"]
+    again = new_archive_files(build_sensor_context(cursor=first.cursor, resources={"audit": audit}))
+    assert not getattr(again, "run_requests", None)
+    path = write_jsonl(
+        archive / "dt=2026-11-03" / "late.jsonl.gz", [json.dumps(make_record("2026-11-03", 1))]
+    )
+    os.utime(path, ns=(10**19, 10**19))
+    later = new_archive_files(build_sensor_context(cursor=first.cursor, resources={"audit": audit}))
+    assert [r.partition_key for r in later.run_requests] == ["2026-11-03"]
