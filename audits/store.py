@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,11 @@ import pyarrow as pa
 from audits import schema
 from audits.catalog import ArchiveFile
 from audits.readers import decompress_recoverable
-from audits.validation import validation_sql
+from audits.validation import dominant_width_sql, validation_sql
 
 Progress = Callable[[str], None]
 _WIDTH_KEY = "input_width"
+_POSITION = "(file_index::BIGINT << 32) + line_no"  # a record's place in the day's files
 _STAGED_COLUMNS = (
     "event_id, ts, user_id, session_id, source_ip, model_id, model_version, features, "
     "prediction, probabilities, status, latency_ms"
@@ -78,35 +80,48 @@ class DayResult:
 
 @dataclass
 class RawFile:
-    """A file's bytes as read, split into lines (JSONL) and with its custody facts."""
+    """A file's lines as read, with its custody facts."""
 
-    lines: pa.Table | None  # line_no, text (None for Parquet)
+    lines: pa.Table  # line_no, text, cut, bad_utf8
     sha256: str
     size_bytes: int
     damage: str | None
-    cut_line: int | None
 
 
 # ---------------------------------------------------------------- reading
 
+_BATCH_ROWS = 1 << 16
+_READ_THREADS = 4
 
-def read_raw(file: ArchiveFile) -> RawFile:
+
+def read_raw(file: ArchiveFile, con: duckdb.DuckDBPyConnection | None = None) -> RawFile:
     """Read a file once: hash its bytes, recover what a cut gzip holds, split lines."""
     raw = file.path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if file.format == "parquet":
-        return RawFile(None, digest, len(raw), None, None)
+        lines = _parquet_lines(con or duckdb.connect(), file.path)
+        return RawFile(_with_flags(lines, None, None), digest, len(raw), None)
     damage = None
     data = raw
     if file.compressed:
         data, damage = decompress_recoverable(raw)
-    lines = split_lines(data)
+    lines, bad_utf8 = split_lines(data)
     cut_line = lines.num_rows if damage and data and not data.endswith(b"\n") else None
-    return RawFile(lines, digest, len(raw), damage, cut_line)
+    return RawFile(_with_flags(lines, cut_line, bad_utf8), digest, len(raw), damage)
 
 
-def split_lines(data: bytes) -> pa.Table:
-    """Zero-copy split of a byte buffer into ``(line_no, text)``; bad UTF-8 lines are marked."""
+def _with_flags(lines: pa.Table, cut_line: int | None, bad_utf8: np.ndarray | None) -> pa.Table:
+    n = lines.num_rows
+    cut = np.zeros(n, dtype=bool)
+    if cut_line is not None:
+        cut[cut_line - 1] = True
+    bad = bad_utf8 if bad_utf8 is not None else np.zeros(n, dtype=bool)
+    return lines.append_column("cut", pa.array(cut)).append_column("bad_utf8", pa.array(bad))
+
+
+def split_lines(data: bytes) -> tuple[pa.Table, np.ndarray | None]:
+    """Zero-copy split of a byte buffer into ``(line_no, text)``, and which lines were not
+    UTF-8 (``None`` when all were; those lines are decoded with replacement characters)."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -118,28 +133,49 @@ def split_lines(data: bytes) -> pa.Table:
     offsets = np.concatenate([[0], ends]).astype(np.int64)
     n = len(offsets) - 1
     text = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
-    return pa.table({"line_no": pa.array(np.arange(1, n + 1, dtype=np.int64)), "text": text})
+    line_no = pa.array(np.arange(1, n + 1, dtype=np.int64))
+    return pa.table({"line_no": line_no, "text": text}), None
 
 
-_INVALID_UTF8_MARK = "\x00stealwatch:invalid-utf8\x00"
-
-
-def _split_lines_slow(data: bytes) -> pa.Table:
+def _split_lines_slow(data: bytes) -> tuple[pa.Table, np.ndarray]:
     parts = data.split(b"\n")
     if parts and parts[-1] == b"":
         parts.pop()
-    texts = []
+    texts, bad = [], []
     for part in parts:
         try:
             texts.append(part.decode("utf-8"))
+            bad.append(False)
         except UnicodeDecodeError:
-            texts.append(_INVALID_UTF8_MARK + part.decode("utf-8", errors="replace"))
-    return pa.table(
-        {
-            "line_no": pa.array(np.arange(1, len(texts) + 1, dtype=np.int64)),
-            "text": pa.array(texts, pa.large_string()),
-        }
-    )
+            texts.append(part.decode("utf-8", errors="replace"))
+            bad.append(True)
+    line_no = pa.array(np.arange(1, len(texts) + 1, dtype=np.int64))
+    table = pa.table({"line_no": line_no, "text": pa.array(texts, pa.large_string())})
+    return table, np.array(bad, dtype=bool)
+
+
+def read_day(
+    files: Sequence[ArchiveFile], con: duckdb.DuckDBPyConnection, say: Progress
+) -> tuple[list[RawFile], pa.Table]:
+    """Read a day's files (decompression in threads) into one table of lines, in batches
+    small enough for DuckDB to validate in parallel."""
+    jsonl = [f for f in files if f.format != "parquet"]
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        by_path = dict(zip((f.path for f in jsonl), pool.map(read_raw, jsonl), strict=True))
+    raws = []
+    for file in files:
+        raw = by_path.get(file.path) or read_raw(file, con)
+        raws.append(raw)
+        if raw.damage:
+            say(f"{file.path}: {raw.damage}; keeping the {raw.lines.num_rows} lines before it")
+    tables = [
+        raw.lines.add_column(0, "file_index", pa.array(np.full(raw.lines.num_rows, i, np.int32)))
+        for i, raw in enumerate(raws)
+    ]
+    if not tables:
+        return raws, pa.table({})
+    combined = pa.concat_tables(tables)
+    return raws, pa.Table.from_batches(combined.to_batches(max_chunksize=_BATCH_ROWS))
 
 
 # ---------------------------------------------------------------- ingest
@@ -157,27 +193,30 @@ def ingest_day(
     """Load one day partition's files in one transaction, replacing the partition's rows.
 
     The expected ``features`` width is the model's when given, else the width stored by an
-    earlier ingest, else the dominant width of the first file with valid records.
+    earlier ingest, else the dominant width of the day's valid records.
     """
     run_id = run_id or uuid.uuid4().hex
     say = progress or (lambda _msg: None)
     width = model_width or _stored_width(con)
+    say(f"{day}: reading {len(files)} files")
+    raws, lines = read_day(files, con, say)
+    paths = pa.table(
+        {
+            "file_index": pa.array(range(len(files)), pa.int32()),
+            "source_file": pa.array([str(f.path) for f in files], pa.string()),
+        }
+    )
     con.execute("BEGIN TRANSACTION")
     try:
         _clear_partition(con, day)
-        _create_staging(con)
-        results = []
-        for index, file in enumerate(files):
-            say(f"{day}: {file.path.name} ({index + 1}/{len(files)})")
-            result, width = _stage_file(con, index, file, width)
-            results.append(result)
-        _insert_deduplicated(con, day)
-        by_reason = _count_outcomes(con, results)
+        if files:
+            width = _validate(con, lines, width)
+            _store(con, paths, day)
+        results, by_reason = _count_outcomes(con, files, raws, day)
         _record_files(con, files, results, day, run_id)
         if width is not None:
             _store_width(con, width)
-        con.execute("DROP TABLE staged")
-        con.execute("DROP TABLE staged_rejects")
+        con.execute("DROP TABLE IF EXISTS parsed")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -199,65 +238,47 @@ def _clear_partition(con: duckdb.DuckDBPyConnection, day: dt.date) -> None:
         con.execute(f"DELETE FROM {table} WHERE partition_day = ?", [day])
 
 
-def _create_staging(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE staged AS SELECT "
-        f"{_STAGED_COLUMNS}, source_file, line_no, 0 AS file_index FROM events WHERE FALSE"
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE staged_rejects AS SELECT source_file, line_no, reason, "
-        "detail, raw_text, 0 AS file_index FROM rejected_events WHERE FALSE"
-    )
-
-
-def _stage_file(
-    con: duckdb.DuckDBPyConnection, index: int, file: ArchiveFile, width: int | None
-) -> tuple[FileResult, int | None]:
-    """Validate one file into the staging tables; returns its result and the width in force."""
-    raw = read_raw(file)
-    lines = raw.lines if raw.lines is not None else _parquet_lines(con, file.path)
+def _validate(con: duckdb.DuckDBPyConnection, lines: pa.Table, width: int | None) -> int | None:
+    """Classify every line into the temp table ``parsed``; returns the width in force (the
+    given one, else the dominant width of a sample of the day's lines)."""
     con.register("lines_in", lines)
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {validation_sql(raw.cut_line)}")
+        if width is None:
+            row = fetch_one(con, dominant_width_sql())
+            width = int(row[0]) if row and row[0] else None
+        con.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {validation_sql(width)}")
     finally:
         con.unregister("lines_in")
-    width = width or _dominant_width(con)
-    if width is not None:
-        _mark_wrong_width(con, width)
-    path = str(file.path)
-    con.execute(
-        f"INSERT INTO staged SELECT {_STAGED_COLUMNS}, ?, line_no, ? FROM parsed "
-        "WHERE reason IS NULL",
-        [path, index],
-    )
-    con.execute(
-        f"INSERT INTO staged_rejects SELECT ?, line_no, reason, detail, {_capped('text')}, ? "
-        "FROM parsed WHERE reason IS NOT NULL",
-        [path, index],
-    )
-    (rows_read,) = fetch_one(con, "SELECT count(*) FROM parsed")
-    con.execute("DROP TABLE parsed")
-    return FileResult(
-        path, rows_read=rows_read, damage=raw.damage, sha256=raw.sha256, size_bytes=raw.size_bytes
-    ), width
+    return width
 
 
-def _dominant_width(con: duckdb.DuckDBPyConnection) -> int | None:
-    row = fetch_one(con, "SELECT mode(len(features)) FROM parsed WHERE reason IS NULL")
-    return int(row[0]) if row and row[0] else None
-
-
-def _mark_wrong_width(con: duckdb.DuckDBPyConnection, width: int) -> None:
-    con.execute(
-        f"UPDATE parsed SET reason = '{schema.WRONG_WIDTH}', detail = '\"features\" has ' || "
-        "len(features) || ' values, expected ' || ? WHERE reason IS NULL AND len(features) <> ?",
-        [width, width],
-    )
-    con.execute(
-        f"UPDATE parsed SET reason = '{schema.INVALID_UTF8}', detail = 'bytes that are not UTF-8', "
-        "text = replace(text, ?, '') WHERE starts_with(text, ?)",
-        [_INVALID_UTF8_MARK, _INVALID_UTF8_MARK],
-    )
+def _store(con: duckdb.DuckDBPyConnection, paths: pa.Table, day: dt.date) -> None:
+    """Rejects to quarantine; valid records to ``events``, keeping the first occurrence of
+    each event_id across the whole store (first by file, then line)."""
+    con.register("day_files", paths)
+    try:
+        con.execute(
+            "INSERT INTO rejected_events SELECT source_file, line_no, reason, detail, "
+            f"{_capped('text')}, ? FROM parsed JOIN day_files USING (file_index) "
+            "WHERE reason IS NOT NULL",
+            [day],
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE first_seen AS SELECT min({_POSITION}) AS position "
+            "FROM parsed p WHERE reason IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p.event_id) "
+            "GROUP BY event_id"
+        )
+        columns = _STAGED_COLUMNS.replace("ts, ", "ts, CAST(ts AS DATE), ")
+        con.execute(
+            f"INSERT INTO events SELECT {columns}, source_file, line_no, ? "
+            "FROM parsed JOIN day_files USING (file_index) "
+            f"WHERE reason IS NULL AND {_POSITION} IN (SELECT position FROM first_seen)",
+            [day],
+        )
+        con.execute("DROP TABLE first_seen")
+    finally:
+        con.unregister("day_files")
 
 
 def _capped(expr: str) -> str:
@@ -269,44 +290,36 @@ def _capped(expr: str) -> str:
     )
 
 
-def _insert_deduplicated(con: duckdb.DuckDBPyConnection, day: dt.date) -> None:
-    """Keep the first valid occurrence of each event_id across the whole store."""
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE ranked AS SELECT s.*, "
-        "(row_number() OVER (PARTITION BY s.event_id ORDER BY s.file_index, s.line_no) > 1 "
-        " OR e.event_id IS NOT NULL) AS duplicate "
-        "FROM staged s LEFT JOIN (SELECT DISTINCT event_id FROM events) e USING (event_id)"
-    )
-    con.execute(
-        f"INSERT INTO events SELECT {_STAGED_COLUMNS.replace('ts, ', 'ts, CAST(ts AS DATE), ')}"
-        ", source_file, line_no, ? FROM ranked WHERE NOT duplicate ORDER BY ts",
-        [day],
-    )
-    con.execute(
-        "INSERT INTO rejected_events SELECT source_file, line_no, reason, detail, raw_text, ? "
-        "FROM staged_rejects",
-        [day],
-    )
-
-
-def _count_outcomes(con: duckdb.DuckDBPyConnection, results: list[FileResult]) -> dict[str, int]:
-    """Fill per-file counts; fails loudly if any record is unaccounted for."""
-    counts = con.sql(
-        "SELECT file_index, count(*) FILTER (WHERE NOT duplicate), "
-        "count(*) FILTER (WHERE duplicate) FROM ranked GROUP BY file_index"
-    ).fetchall()
-    for index, accepted, duplicates in counts:
-        results[index].accepted, results[index].duplicates = accepted, duplicates
-    for index, rejected in con.sql(
-        "SELECT file_index, count(*) FROM staged_rejects GROUP BY file_index"
+def _count_outcomes(
+    con: duckdb.DuckDBPyConnection,
+    files: Sequence[ArchiveFile],
+    raws: list[RawFile],
+    day: dt.date,
+) -> tuple[list[FileResult], dict[str, int]]:
+    """Per-file counts; duplicates are the valid records not stored."""
+    results = [
+        FileResult(str(f.path), damage=r.damage, sha256=r.sha256, size_bytes=r.size_bytes)
+        for f, r in zip(files, raws, strict=True)
+    ]
+    if not files:
+        return results, {}
+    for index, read, rejected in con.sql(
+        "SELECT file_index, count(*), count(reason) FROM parsed GROUP BY file_index"
     ).fetchall():
-        results[index].rejected = rejected
+        results[index].rows_read, results[index].rejected = read, rejected
+    stored = dict(
+        con.sql(
+            "SELECT source_file, count(*) FROM events WHERE partition_day = ? GROUP BY 1",
+            params=[day],
+        ).fetchall()
+    )
     for result in results:
-        if result.rows_read != result.accepted + result.duplicates + result.rejected:
-            raise RuntimeError(f"ingest accounting broken for {result.path}")
-    con.execute("DROP TABLE ranked")
-    rows = con.sql("SELECT reason, count(*) FROM staged_rejects GROUP BY reason ORDER BY reason")
-    return dict(rows.fetchall())
+        result.accepted = stored.get(result.path, 0)
+        result.duplicates = result.rows_read - result.rejected - result.accepted
+    rows = con.sql(
+        "SELECT reason, count(*) FROM parsed WHERE reason IS NOT NULL GROUP BY 1 ORDER BY 1"
+    )
+    return results, dict(rows.fetchall())
 
 
 def _record_files(
@@ -347,15 +360,16 @@ def _parquet_lines(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
     """
     source = con.sql("SELECT * FROM read_parquet(?)", params=[str(path)])
     columns = dict(zip(source.columns, (str(t) for t in source.types), strict=True))
-    selected = [f'"{name}"' for name in columns if name != "ts"]
-    if "ts" in columns:
-        selected.append(
-            "strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ') AS ts" if columns["ts"] == "TIMESTAMP" else "ts"
-        )
+    fields = []
+    for name, kind in columns.items():
+        quoted = '"' + name.replace('"', '""') + '"'
+        value = quoted
+        if name == "ts" and kind == "TIMESTAMP":
+            value = f"strftime({quoted}, '%Y-%m-%dT%H:%M:%S.%fZ')"
+        fields.append(f"{quoted} := {value}")
     return con.sql(
-        "SELECT file_row_number + 1 AS line_no, to_json(t)::VARCHAR AS text FROM "
-        f"(SELECT {', '.join(selected)} FROM read_parquet(?, file_row_number = true)"
-        " ORDER BY file_row_number) t",
+        f"SELECT file_row_number + 1 AS line_no, to_json(struct_pack({', '.join(fields)}))"
+        "::VARCHAR AS text FROM read_parquet(?, file_row_number = true) ORDER BY file_row_number",
         params=[str(path)],
     ).to_arrow_table()
 

@@ -1,9 +1,10 @@
 """Turn raw JSON lines into typed event rows or reject rows, entirely inside DuckDB.
 
-The input is a relation ``lines_in(line_no BIGINT, text VARCHAR)``; the output is one row
-per non-blank line with ``reason``/``detail`` (NULL when the record is valid) and the typed
-canonical fields. Rules, in order (first match wins): a cut last line, malformed JSON, not an
-object, a missing required field, a wrong type, a bad timestamp, a non-finite number.
+The input is a relation ``lines_in(file_index, line_no, text, cut, bad_utf8)``; the output
+is one row per non-blank line with ``reason``/``detail`` (NULL when the record is valid) and
+the typed canonical fields. Rules, in order (first match wins): a cut last line, bad UTF-8,
+malformed JSON, not an object, a missing required field, a wrong type, a bad timestamp, a
+non-finite number, a features width other than the model's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ _OPTIONAL_TYPES = {
     "latency_ms": _NUMBER,
 }
 _ZONE_SUFFIX = r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
-_NON_NUMERIC = "['VARCHAR', 'BOOLEAN', 'ARRAY', 'OBJECT', 'NULL']"
+# Characters that cannot occur in a (minified) JSON array of numbers, NaN or Infinity:
+# strings, objects, true/false/null, and nested arrays.
+_NOT_NUMBERS = ('"', "{", "r", "l", "[[", ",[")
 
 
 def _quoted(values: tuple[str, ...]) -> str:
@@ -46,6 +49,7 @@ def _rules() -> list[tuple[str, str, str]]:
     """(condition, reason, detail SQL) in priority order."""
     rules: list[tuple[str, str, str]] = [
         ("cut", schema.TRUNCATED_LINE, "'partial last line of a file cut short'"),
+        ("bad_utf8", schema.INVALID_UTF8, "'bytes that are not UTF-8'"),
         ("NOT valid", schema.MALFORMED_JSON, "'not parseable as JSON'"),
         (
             " AND ".join(f"{_type(n)} IS NULL" for n in FIELDS)
@@ -75,8 +79,9 @@ def _rules() -> list[tuple[str, str, str]]:
     for name in ("features", "probabilities"):
         rules.append(
             (
-                f"{_type(name)} = 'ARRAY' AND list_has_any(json_type(f[{_IDX[name]}], '$[*]'), "
-                f"{_NON_NUMERIC})",
+                f"{_type(name)} = 'ARRAY' AND ("
+                + " OR ".join(f"contains(f[{_IDX[name]}], '{c}')" for c in _NOT_NUMBERS)
+                + ")",
                 schema.WRONG_TYPE,
                 f"'\"{name}\" holds a value that is not a number'",
             )
@@ -106,12 +111,16 @@ def _not_finite(column: str) -> str:
     return f"NOT list_bool_and(list_transform({column}, lambda x: isfinite(x)))"
 
 
-def _case(rules: list[tuple[str, str, str]], pick: int) -> str:
-    def value(rule: tuple[str, str, str]) -> str:
-        return f"'{rule[1]}'" if pick == 1 else rule[2]
-
-    arms = "\n            ".join(f"WHEN {r[0]} THEN {value(r)}" for r in rules)
+def _rule_number(rules: list[tuple[str, str, str]]) -> str:
+    arms = "\n            ".join(f"WHEN {r[0]} THEN {i}" for i, r in enumerate(rules, 1))
     return f"CASE\n            {arms}\n        END"
+
+
+def _by_rule(rules: list[tuple[str, str, str]], pick: int) -> str:
+    arms = " ".join(
+        f"WHEN {i} THEN {repr(r[1]) if pick == 1 else r[2]}" for i, r in enumerate(rules, 1)
+    )
+    return f"CASE rule {arms} END"
 
 
 _SCALAR = (*_TEXTUAL, "DOUBLE", "BOOLEAN")
@@ -131,25 +140,42 @@ def _number_of(name: str) -> str:
     return f"CASE WHEN {_type(name)} IN ({_quoted(_NUMBER)}) THEN {value} END"
 
 
-def validation_sql(cut_line: int | None) -> str:
-    """SQL over ``lines_in`` that classifies every non-blank line (``cut_line``: a damaged
-    file's partial last line, or ``None``)."""
+def dominant_width_sql(sample_rows: int = 20_000) -> str:
+    """SQL for the most common ``features`` length among a sample of ``lines_in``."""
+    return (
+        "SELECT mode(json_array_length(try(json_extract(text, '$.features')))) "
+        f"FROM (SELECT text FROM lines_in WHERE NOT cut AND NOT bad_utf8 LIMIT {sample_rows})"
+    )
+
+
+def validation_sql(width: int | None = None) -> str:
+    """SQL over ``lines_in(file_index, line_no, text, cut)`` that classifies every non-blank
+    line; ``cut`` marks a damaged file's partial last line; ``width``, when known, is the
+    required length of ``features``."""
     paths = ", ".join(f"'$.{name}'" for name in FIELDS)
     types = ",\n            ".join(f"json_type(f[{i}]) AS {_type(n)}" for n, i in _IDX.items())
-    cut = "FALSE" if cut_line is None else f"line_no = {int(cut_line)}"
     rules = _rules()
+    if width is not None:
+        rules.append(
+            (
+                f"len(features) <> {int(width)}",
+                schema.WRONG_WIDTH,
+                f"'\"features\" has ' || len(features) || ' values, expected {int(width)}'",
+            )
+        )
     return f"""
-WITH src AS (
-    SELECT line_no, rtrim(text, chr(10) || chr(13)) AS text FROM lines_in
-), lines AS (
-    SELECT line_no, text, {cut} AS cut, json_valid(text) AS valid
-    FROM src WHERE NOT regexp_full_match(text, '\\s*')
+WITH lines AS (
+    SELECT * FROM lines_in WHERE ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
 ), extracted AS (
-    SELECT *, CASE WHEN valid AND NOT cut THEN json_extract(text, [{paths}]) END AS f FROM lines
+    SELECT *, CASE WHEN NOT cut AND NOT bad_utf8 THEN try(json_extract(text, [{paths}])) END
+        AS f
+    FROM lines
+), parsed AS (
+    SELECT *, f IS NOT NULL AS valid FROM extracted
 ), typed AS (
-    SELECT line_no, text, cut, valid, f,
+    SELECT file_index, line_no, text, cut, bad_utf8, valid, f,
             {types}
-    FROM extracted
+    FROM parsed
 ), converted AS (
     SELECT *,
         {_text_of("event_id")} AS event_id,
@@ -162,11 +188,14 @@ WITH src AS (
 ), timed AS (
     SELECT *, CASE WHEN t_ts = 'VARCHAR' THEN try_cast(ts_text AS TIMESTAMPTZ) END AS ts_utc
     FROM converted
+), ruled AS (
+    SELECT *, {_rule_number(rules)} AS rule FROM timed
 )
 SELECT
-    line_no, text,
-    {_case(rules, 1)} AS reason,
-    {_case(rules, 2)} AS detail,
+    file_index, line_no,
+    CASE WHEN rule IS NOT NULL THEN rtrim(text, chr(10) || chr(13)) END AS text,
+    {_by_rule(rules, 1)} AS reason,
+    {_by_rule(rules, 2)} AS detail,
     event_id,
     make_timestamp(epoch_us(ts_utc)) AS ts,
     user_id,
@@ -179,5 +208,5 @@ SELECT
     probabilities,
     {_text_of("status")} AS status,
     latency_ms
-FROM timed
+FROM ruled
 """

@@ -13,17 +13,22 @@ from tests.conftest import make_record
 VALID = make_record("2026-11-01", 1)
 
 
-def _classify(lines: list[str], cut_line: int | None = None) -> list[tuple]:
+def _classify(lines: list[str], cut_line: int | None = None, width: int | None = 4) -> list[tuple]:
+    n = len(lines)
     table = pa.table(
         {
-            "line_no": pa.array(range(1, len(lines) + 1), pa.int64()),
+            "file_index": pa.array([0] * n, pa.int32()),
+            "line_no": pa.array(range(1, n + 1), pa.int64()),
             "text": pa.array([line + "\n" for line in lines], pa.large_string()),
+            "cut": pa.array([i + 1 == cut_line for i in range(n)]),
+            "bad_utf8": pa.array([False] * n),
         }
     )
     con = duckdb.connect()
     con.register("lines_in", table)
+    sql = validation_sql(width)
     return con.sql(
-        f"SELECT reason, detail, * EXCLUDE (reason, detail) FROM ({validation_sql(cut_line)})"
+        f"SELECT reason, detail, * EXCLUDE (reason, detail, file_index) FROM ({sql})"
     ).fetchall()
 
 
@@ -60,6 +65,7 @@ _DROP = object()
         (_with(ts="yesterday at noon+01:00"), schema.BAD_TIMESTAMP),
         (_with(ts="2026-13-45T10:00:00Z"), schema.BAD_TIMESTAMP),
         (_with(features=[]), schema.WRONG_WIDTH),
+        (_with(features=[1.0, 2.0, 3.0]), schema.WRONG_WIDTH),
         (_with().replace('"latency_ms": 12.5', '"latency_ms": NaN'), schema.NON_FINITE),
         (_with(features=[1, 2, 3, 1e999]), schema.NON_FINITE),
         (json.dumps({**VALID, "features": [1.0, float("nan"), 0.0, 0.0]}), schema.NON_FINITE),
