@@ -122,10 +122,11 @@ def _with_flags(lines: pa.Table, cut_line: int | None, bad_utf8: np.ndarray | No
 def split_lines(data: bytes) -> tuple[pa.Table, np.ndarray | None]:
     """Zero-copy split of a byte buffer into ``(line_no, text)``, and which lines were not
     UTF-8 (``None`` when all were; those lines are decoded with replacement characters)."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return _split_lines_slow(data)
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return _split_lines_slow(data)
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == 10) + 1
     if len(data) and data[-1:] != b"\n":

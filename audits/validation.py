@@ -5,6 +5,9 @@ is one row per non-blank line with ``reason``/``detail`` (NULL when the record i
 the typed canonical fields. Rules, in order (first match wins): a cut last line, bad UTF-8,
 malformed JSON, not an object, a missing required field, a wrong type, a bad timestamp, a
 non-finite number, a features width other than the model's.
+
+Each line is parsed twice, both times by DuckDB: ``json_extract`` yields every field's JSON
+fragment (whose first character tells its JSON type), ``json_transform`` the typed values.
 """
 
 from __future__ import annotations
@@ -14,35 +17,68 @@ from audits import schema
 FIELDS: tuple[str, ...] = schema.REQUIRED_FIELDS + schema.OPTIONAL_FIELDS
 _IDX = {name: i + 1 for i, name in enumerate(FIELDS)}  # DuckDB lists are 1-based
 
-_INTEGER = ("BIGINT", "UBIGINT")
-_NUMBER = (*_INTEGER, "DOUBLE")
-_TEXTUAL = ("VARCHAR", *_INTEGER)
-_OPTIONAL_TYPES = {
-    "session_id": _TEXTUAL,
-    "source_ip": ("VARCHAR",),
-    "model_id": _TEXTUAL,
-    "model_version": (*_TEXTUAL, "DOUBLE"),
-    "prediction": (*_TEXTUAL, "DOUBLE", "BOOLEAN"),
-    "probabilities": ("ARRAY",),
-    "status": _TEXTUAL,
-    "latency_ms": _NUMBER,
+# JSON types, told by a minified fragment's first character.
+_STRING, _NUMBER, _ARRAY, _OBJECT, _BOOLEAN, _NULL = (
+    "string",
+    "number",
+    "array",
+    "object",
+    "boolean",
+    "null",
+)
+_KIND_OF_FIRST_CHAR = {
+    '"': _STRING,
+    "[": _ARRAY,
+    "{": _OBJECT,
+    "t": _BOOLEAN,
+    "f": _BOOLEAN,
+    "n": _NULL,
 }
-_ZONE_SUFFIX = r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
-# Characters that cannot occur in a (minified) JSON array of numbers, NaN or Infinity:
-# strings, objects, true/false/null, and nested arrays.
+_SCALAR_ID = (_STRING, _NUMBER)
+ALLOWED_KINDS: dict[str, tuple[str, ...]] = {
+    "event_id": _SCALAR_ID,
+    "ts": (_STRING,),
+    "user_id": _SCALAR_ID,
+    "features": (_ARRAY,),
+    "session_id": _SCALAR_ID,
+    "source_ip": (_STRING,),
+    "model_id": _SCALAR_ID,
+    "model_version": _SCALAR_ID,
+    "prediction": (_STRING, _NUMBER, _BOOLEAN),
+    "probabilities": (_ARRAY,),
+    "status": _SCALAR_ID,
+    "latency_ms": (_NUMBER,),
+}
+_SQL_TYPES = {
+    "features": "DOUBLE[]",
+    "probabilities": "DOUBLE[]",
+    "latency_ms": "DOUBLE",
+}
+_ZONE_SUFFIX = r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)\s*$"
+# Text that cannot occur in a minified JSON array of numbers (NaN and Infinity included):
+# strings, objects, true/false/null, nested arrays.
 _NOT_NUMBERS = ('"', "{", "r", "l", "[[", ",[")
 
 
-def _quoted(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
+def _kind(name: str) -> str:
+    return f"k_{name}"
 
 
-def _type(name: str) -> str:
-    return f"t_{name}"
+def _kind_sql(name: str) -> str:
+    arms = " ".join(f"WHEN '{c}' THEN '{k}'" for c, k in _KIND_OF_FIRST_CHAR.items())
+    fragment = f"f[{_IDX[name]}]"
+    return (
+        f"CASE WHEN {fragment} IS NOT NULL THEN CASE left({fragment}, 1) {arms} "
+        f"ELSE '{_NUMBER}' END END AS {_kind(name)}"
+    )
 
 
 def _absent(name: str) -> str:
-    return f"({_type(name)} IS NULL OR {_type(name)} = 'NULL')"
+    return f"({_kind(name)} IS NULL OR {_kind(name)} = '{_NULL}')"
+
+
+def _listed(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
 
 
 def _rules() -> list[tuple[str, str, str]]:
@@ -50,37 +86,30 @@ def _rules() -> list[tuple[str, str, str]]:
     rules: list[tuple[str, str, str]] = [
         ("cut", schema.TRUNCATED_LINE, "'partial last line of a file cut short'"),
         ("bad_utf8", schema.INVALID_UTF8, "'bytes that are not UTF-8'"),
-        ("NOT valid", schema.MALFORMED_JSON, "'not parseable as JSON'"),
+        ("f IS NULL", schema.MALFORMED_JSON, "'not parseable as JSON'"),
         (
-            " AND ".join(f"{_type(n)} IS NULL" for n in FIELDS)
-            + " AND json_type(text) <> 'OBJECT'",
+            "left(ltrim(text), 1) <> '{'",
             schema.NOT_AN_OBJECT,
             "'top-level JSON ' || lower(json_type(text)) || ' is not an object'",
         ),
     ]
     for name in schema.REQUIRED_FIELDS:
         rules.append((_absent(name), schema.MISSING_FIELD, f"'missing required field \"{name}\"'"))
-    type_checks = {
-        "event_id": _TEXTUAL,
-        "ts": ("VARCHAR",),
-        "user_id": _TEXTUAL,
-        "features": ("ARRAY",),
-        **_OPTIONAL_TYPES,
-    }
-    for name, allowed in type_checks.items():
+    for name, allowed in ALLOWED_KINDS.items():
         optional = "" if name in schema.REQUIRED_FIELDS else f"NOT {_absent(name)} AND "
         rules.append(
             (
-                f"{optional}{_type(name)} NOT IN ({_quoted(allowed)})",
+                f"{optional}{_kind(name)} NOT IN ({_listed(allowed)})",
                 schema.WRONG_TYPE,
-                f"'\"{name}\" is ' || lower({_type(name)})",
+                f"'\"{name}\" is a ' || {_kind(name)}",
             )
         )
     for name in ("features", "probabilities"):
+        fragment = f"f[{_IDX[name]}]"
         rules.append(
             (
-                f"{_type(name)} = 'ARRAY' AND ("
-                + " OR ".join(f"contains(f[{_IDX[name]}], '{c}')" for c in _NOT_NUMBERS)
+                f"{_kind(name)} = '{_ARRAY}' AND ("
+                + " OR ".join(f"contains({fragment}, '{c}')" for c in _NOT_NUMBERS)
                 + ")",
                 schema.WRONG_TYPE,
                 f"'\"{name}\" holds a value that is not a number'",
@@ -89,6 +118,7 @@ def _rules() -> list[tuple[str, str, str]]:
     for name in ("event_id", "user_id"):
         rules.append((f"{name} = ''", schema.MISSING_FIELD, f"'empty \"{name}\"'"))
     rules += [
+        ("v IS NULL", schema.WRONG_TYPE, "'fields that cannot be converted'"),
         ("ts_utc IS NULL", schema.BAD_TIMESTAMP, "'unparseable timestamp'"),
         (
             f"NOT regexp_matches(ts_text, '{_ZONE_SUFFIX}')",
@@ -111,6 +141,14 @@ def _not_finite(column: str) -> str:
     return f"NOT list_bool_and(list_transform({column}, lambda x: isfinite(x)))"
 
 
+def _width_rule(width: int) -> tuple[str, str, str]:
+    return (
+        f"len(features) <> {int(width)}",
+        schema.WRONG_WIDTH,
+        f"'\"features\" has ' || len(features) || ' values, expected {int(width)}'",
+    )
+
+
 def _rule_number(rules: list[tuple[str, str, str]]) -> str:
     arms = "\n            ".join(f"WHEN {r[0]} THEN {i}" for i, r in enumerate(rules, 1))
     return f"CASE\n            {arms}\n        END"
@@ -123,21 +161,9 @@ def _by_rule(rules: list[tuple[str, str, str]], pick: int) -> str:
     return f"CASE rule {arms} END"
 
 
-_SCALAR = (*_TEXTUAL, "DOUBLE", "BOOLEAN")
-
-
-def _text_of(name: str) -> str:
-    return f"CASE WHEN {_type(name)} IN ({_quoted(_SCALAR)}) THEN f[{_IDX[name]}]->>'$' END"
-
-
-def _numbers_of(name: str) -> str:
-    to_doubles = f"json_transform(f[{_IDX[name]}], '[\"DOUBLE\"]')"
-    return f"CASE WHEN {_type(name)} = 'ARRAY' THEN {to_doubles} END"
-
-
-def _number_of(name: str) -> str:
-    value = f"(f[{_IDX[name]}]->>'$')::DOUBLE"
-    return f"CASE WHEN {_type(name)} IN ({_quoted(_NUMBER)}) THEN {value} END"
+def _transform_spec() -> str:
+    fields = ", ".join(f'"{name}": "{_SQL_TYPES.get(name, "VARCHAR")}"' for name in FIELDS)
+    return "{" + fields + "}"
 
 
 def dominant_width_sql(sample_rows: int = 20_000) -> str:
@@ -149,47 +175,33 @@ def dominant_width_sql(sample_rows: int = 20_000) -> str:
 
 
 def validation_sql(width: int | None = None) -> str:
-    """SQL over ``lines_in(file_index, line_no, text, cut)`` that classifies every non-blank
-    line; ``cut`` marks a damaged file's partial last line; ``width``, when known, is the
-    required length of ``features``."""
+    """SQL over ``lines_in(file_index, line_no, text, cut, bad_utf8)`` that classifies every
+    non-blank line; ``cut`` marks a damaged file's partial last line; ``width``, when known,
+    is the required length of ``features``."""
     paths = ", ".join(f"'$.{name}'" for name in FIELDS)
-    types = ",\n            ".join(f"json_type(f[{i}]) AS {_type(n)}" for n, i in _IDX.items())
-    rules = _rules()
-    if width is not None:
-        rules.append(
-            (
-                f"len(features) <> {int(width)}",
-                schema.WRONG_WIDTH,
-                f"'\"features\" has ' || len(features) || ' values, expected {int(width)}'",
-            )
-        )
+    kinds = ",\n        ".join(_kind_sql(name) for name in FIELDS)
+    values = ",\n        ".join(f"v.{name} AS {name}" for name in FIELDS if name != "ts")
+    rules = _rules() + ([_width_rule(width)] if width is not None else [])
     return f"""
 WITH lines AS (
     SELECT * FROM lines_in WHERE ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
 ), extracted AS (
-    SELECT *, CASE WHEN NOT cut AND NOT bad_utf8 THEN try(json_extract(text, [{paths}])) END
-        AS f
-    FROM lines
-), parsed AS (
-    SELECT *, f IS NOT NULL AS valid FROM extracted
-), typed AS (
-    SELECT file_index, line_no, text, cut, bad_utf8, valid, f,
-            {types}
-    FROM parsed
-), converted AS (
     SELECT *,
-        {_text_of("event_id")} AS event_id,
-        f[{_IDX["ts"]}]->>'$' AS ts_text,
-        {_text_of("user_id")} AS user_id,
-        {_numbers_of("features")} AS features,
-        {_numbers_of("probabilities")} AS probabilities,
-        {_number_of("latency_ms")} AS latency_ms
-    FROM typed
-), timed AS (
-    SELECT *, CASE WHEN t_ts = 'VARCHAR' THEN try_cast(ts_text AS TIMESTAMPTZ) END AS ts_utc
-    FROM converted
+        CASE WHEN NOT cut AND NOT bad_utf8 THEN try(json_extract(text, [{paths}])) END AS f
+    FROM lines
+), kinds AS (
+    SELECT *,
+        {kinds},
+        CASE WHEN f IS NOT NULL THEN try(json_transform(text, '{_transform_spec()}')) END AS v
+    FROM extracted
+), typed AS (
+    SELECT *,
+        {values},
+        v.ts AS ts_text,
+        CASE WHEN k_ts = '{_STRING}' THEN try_cast(v.ts AS TIMESTAMPTZ) END AS ts_utc
+    FROM kinds
 ), ruled AS (
-    SELECT *, {_rule_number(rules)} AS rule FROM timed
+    SELECT *, {_rule_number(rules)} AS rule FROM typed
 )
 SELECT
     file_index, line_no,
@@ -198,15 +210,7 @@ SELECT
     {_by_rule(rules, 2)} AS detail,
     event_id,
     make_timestamp(epoch_us(ts_utc)) AS ts,
-    user_id,
-    {_text_of("session_id")} AS session_id,
-    {_text_of("source_ip")} AS source_ip,
-    {_text_of("model_id")} AS model_id,
-    {_text_of("model_version")} AS model_version,
-    features,
-    {_text_of("prediction")} AS prediction,
-    probabilities,
-    {_text_of("status")} AS status,
-    latency_ms
+    user_id, session_id, source_ip, model_id, model_version, features, prediction,
+    probabilities, status, latency_ms
 FROM ruled
 """

@@ -122,3 +122,38 @@ def test_sensor_requests_the_days_of_new_files(archive: Path, tmp_path: Path) ->
     os.utime(path, ns=(10**19, 10**19))
     later = new_archive_files(build_sensor_context(cursor=first.cursor, resources={"audit": audit}))
     assert [r.partition_key for r in later.run_requests] == ["2026-11-03"]
+
+
+def _skops_model(tmp_path: Path, width: int) -> Path:
+    import numpy as np
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, width))
+    model = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    path = tmp_path / f"model{width}.skops"
+    sio.dump(model, path)
+    return path
+
+
+def test_the_model_sets_the_input_width(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["audit", "--logs", str(archive), "--out", str(out), "--quiet"]
+    assert main([*args, "--model", str(_skops_model(tmp_path, 4))]) == 0
+    assert json.loads((out / "ingest_summary.json").read_text())["accepted"] == 800
+    assert main([*args, "--model", str(_skops_model(tmp_path, 5))]) == 0
+    summary = json.loads((out / "ingest_summary.json").read_text())
+    assert summary["accepted"] == 0 and summary["rejected"] == {"wrong_width": 800}
+
+
+def test_a_pickle_is_refused_without_trust(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"not even a pickle")
+    code = main(
+        ["audit", "--logs", str(archive), "--out", str(tmp_path / "o"), "--model", str(model)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--trust-pickle" in err and len(err.strip().splitlines()) == 1

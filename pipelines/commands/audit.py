@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         parse_day(args.start, "--start"),
         parse_day(args.end, "--end"),
     )
+    if args.model:  # fail before any work on a model that cannot be loaded
+        from audits.models import load_served_model
+
+        load_served_model(_existing(args.model, "model"), trust_pickle=args.trust_pickle)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
