@@ -61,16 +61,31 @@ _NOT_NUMBERS = ('"', "{", "r", "l", "[[", ",[")
 
 
 def _kind(name: str) -> str:
-    return f"k_{name}"
-
-
-def _kind_sql(name: str) -> str:
+    """SQL for the JSON type of a field (NULL when absent), from its fragment's first char."""
     arms = " ".join(f"WHEN '{c}' THEN '{k}'" for c, k in _KIND_OF_FIRST_CHAR.items())
     fragment = f"f[{_IDX[name]}]"
     return (
-        f"CASE WHEN {fragment} IS NOT NULL THEN CASE left({fragment}, 1) {arms} "
-        f"ELSE '{_NUMBER}' END END AS {_kind(name)}"
+        f"(CASE WHEN {fragment} IS NOT NULL THEN CASE left({fragment}, 1) {arms} "
+        f"ELSE '{_NUMBER}' END END)"
     )
+
+
+# The first characters a field's fragment may start with, as a regex class; "_" = absent.
+_FIRST_CHARS = {_STRING: '"', _NUMBER: r"\-0-9NI", _ARRAY: r"\[", _BOOLEAN: "tf"}
+
+
+def _signature_pattern() -> str:
+    """A regex that the first-character signature of a well-typed record matches."""
+    parts = []
+    for name, allowed in ALLOWED_KINDS.items():
+        chars = "".join(_FIRST_CHARS[kind] for kind in allowed)
+        optional = "" if name in schema.REQUIRED_FIELDS else "n_"
+        parts.append(f"[{chars}{optional}]")
+    return "".join(parts)
+
+
+def _signature() -> str:
+    return " || ".join(f"coalesce(left(f[{_IDX[name]}], 1), '_')" for name in FIELDS)
 
 
 def _absent(name: str) -> str:
@@ -149,9 +164,33 @@ def _width_rule(width: int) -> tuple[str, str, str]:
     )
 
 
-def _rule_number(rules: list[tuple[str, str, str]]) -> str:
+def _clean(width: int | None) -> str:
+    """One cheap predicate that holds exactly when no rule fires: the common case."""
+    fragment = f"f[{_IDX['features']}]"
+    checks = [
+        "NOT cut",
+        "NOT bad_utf8",
+        "v IS NOT NULL",
+        f"regexp_full_match({_signature()}, '{_signature_pattern()}')",
+        *(f"NOT contains({fragment}, '{c}')" for c in _NOT_NUMBERS),
+        "(probabilities IS NULL OR NOT ("
+        + " OR ".join(f"contains(f[{_IDX['probabilities']}], '{c}')" for c in _NOT_NUMBERS)
+        + "))",
+        "event_id <> ''",
+        "user_id <> ''",
+        "ts_utc IS NOT NULL",
+        f"regexp_matches(ts_text, '{_ZONE_SUFFIX}')",
+        f"len(features) = {int(width)}" if width is not None else "len(features) > 0",
+        f"NOT {_not_finite('features')}",
+        f"(probabilities IS NULL OR NOT {_not_finite('probabilities')})",
+        "(latency_ms IS NULL OR isfinite(latency_ms))",
+    ]
+    return " AND ".join(checks)
+
+
+def _rule_number(rules: list[tuple[str, str, str]], width: int | None) -> str:
     arms = "\n            ".join(f"WHEN {r[0]} THEN {i}" for i, r in enumerate(rules, 1))
-    return f"CASE\n            {arms}\n        END"
+    return f"CASE WHEN {_clean(width)} THEN NULL ELSE CASE\n            {arms}\n        END END"
 
 
 def _by_rule(rules: list[tuple[str, str, str]], pick: int) -> str:
@@ -179,7 +218,6 @@ def validation_sql(width: int | None = None) -> str:
     non-blank line; ``cut`` marks a damaged file's partial last line; ``width``, when known,
     is the required length of ``features``."""
     paths = ", ".join(f"'$.{name}'" for name in FIELDS)
-    kinds = ",\n        ".join(_kind_sql(name) for name in FIELDS)
     values = ",\n        ".join(f"v.{name} AS {name}" for name in FIELDS if name != "ts")
     rules = _rules() + ([_width_rule(width)] if width is not None else [])
     return f"""
@@ -191,17 +229,16 @@ WITH lines AS (
     FROM lines
 ), kinds AS (
     SELECT *,
-        {kinds},
         CASE WHEN f IS NOT NULL THEN try(json_transform(text, '{_transform_spec()}')) END AS v
     FROM extracted
 ), typed AS (
     SELECT *,
         {values},
         v.ts AS ts_text,
-        CASE WHEN k_ts = '{_STRING}' THEN try_cast(v.ts AS TIMESTAMPTZ) END AS ts_utc
+        CASE WHEN left(f[{_IDX["ts"]}], 1) = '"' THEN try_cast(v.ts AS TIMESTAMPTZ) END AS ts_utc
     FROM kinds
 ), ruled AS (
-    SELECT *, {_rule_number(rules)} AS rule FROM typed
+    SELECT *, {_rule_number(rules, width)} AS rule FROM typed
 )
 SELECT
     file_index, line_no,
