@@ -157,3 +157,23 @@ def test_a_pickle_is_refused_without_trust(
     )
     err = capsys.readouterr().err
     assert code == 2 and "--trust-pickle" in err and len(err.strip().splitlines()) == 1
+
+
+def test_one_partition_run_passes_the_accounting_check(archive: Path, tmp_path: Path) -> None:
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import build_definitions
+
+    audit = AuditConfig(logs=str(archive), out_dir=str(tmp_path / "out"))
+    job = build_definitions(audit, str(tmp_path / "db.duckdb")).resolve_job_def("daily_audit")
+    result = job.execute_in_process(
+        partition_key="2026-11-02", instance=DagsterInstance.ephemeral()
+    )
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "every_record_accounted_for" and check.passed
+    [events] = [
+        m for m in result.get_asset_materialization_events() if m.asset_key.path == ["events"]
+    ]
+    assert events.materialization.metadata["accepted"].value == 400
+    summary = json.loads((tmp_path / "out" / "ingest_summary.json").read_text())
+    assert summary["window"] == ["2026-11-02", "2026-11-02"] and summary["accepted"] == 400
