@@ -14,7 +14,10 @@ import warnings
 
 from audits.errors import AuditFailed, InputError
 
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.commands.audit",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipelines.commands.audit",
+    "pipelines.commands.investigate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,23 +21,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--holdout", required=True, help="held-out data (Parquet/CSV)")
     parser.add_argument("--label-column", default="label", help="label column (default: label)")
     parser.add_argument(
-        "--max-membership-auc", type=float, default=0.6,
+        "--max-membership-auc",
+        type=float,
+        default=0.6,
         help="fail when any membership attack's AUC exceeds this (default: 0.6)",
     )
     parser.add_argument(
-        "--max-fidelity", type=float, default=None,
+        "--max-fidelity",
+        type=float,
+        default=None,
         help="fail when a surrogate reaches this fidelity at --query-budget (default: not gated)",
     )
     parser.add_argument(
-        "--query-budget", type=int, default=1000,
+        "--query-budget",
+        type=int,
+        default=1000,
         help="queries an attacker gets for the fidelity figure (default: 1000)",
     )
     parser.add_argument(
-        "--budgets", default="100,300,1000,3000,10000",
+        "--budgets",
+        default="100,300,1000,3000,10000",
         help="query budgets of the extraction curves, comma-separated",
     )
     parser.add_argument(
-        "--trust-pickle", action="store_true",
+        "--trust-pickle",
+        action="store_true",
         help="allow loading a pickle/joblib model (runs code from the file)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -1,0 +1,65 @@
+"""``stealwatch investigate``: the incident page for any user and date range."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from audits.errors import InputError
+from pipelines.commands.audit import parse_day
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "investigate",
+        help="write the drill-down page of one user over a date range",
+        description="Render the incident page for any user (flagged or not) from an audit's "
+        "DuckDB file.",
+    )
+    parser.add_argument("--db", required=True, help="the audit's DuckDB file")
+    parser.add_argument("--user", required=True, help="user id (API key, principal)")
+    parser.add_argument("--start", help="first UTC day, YYYY-MM-DD (default: the user's first)")
+    parser.add_argument("--end", help="last UTC day, YYYY-MM-DD (default: the user's last)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from reports import data, pages
+
+    start, end = parse_day(args.start, "--start"), parse_day(args.end, "--end")
+    if start and end and start > end:
+        raise InputError(f"--start {start} is after --end {end}")
+    if not Path(args.db).is_file():
+        raise InputError(f"database not found: {args.db}")
+    try:
+        con = duckdb.connect(args.db, read_only=True)
+    except duckdb.Error as exc:
+        raise InputError(f"cannot open {args.db}: {str(exc).splitlines()[0]}") from None
+    if not data.has_table(con, "events"):
+        raise InputError(f"{args.db} is not a stealwatch database (no events table)")
+    span = con.sql(
+        "SELECT min(day), max(day) FROM events WHERE user_id = ?", params=[args.user]
+    ).fetchall()[0]
+    if span[0] is None:
+        raise InputError(f"user {args.user!r} has no events in {args.db}")
+    window = (start or span[0], end or span[1])
+    out = Path(args.out)
+    path = pages.write_subject_page(
+        con,
+        window,
+        out / pages.page_name(args.user, prefix="user-"),
+        users=[args.user],
+        title=f"Investigation: {args.user}",
+        scores=data.load_scores(None, con),
+    )
+    print(path)
+    if not pages.has_events(con, [args.user], window):
+        print(
+            f"stealwatch: note: {args.user!r} sent nothing in {window[0]}..{window[1]}",
+            file=sys.stderr,
+        )
+    return 0

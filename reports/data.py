@@ -1,0 +1,216 @@
+"""What the pages show, gathered from the DuckDB store and the audit's output files.
+
+Every query binds its values as parameters. Detection outputs (``user_scores.parquet``, the
+``user_features`` and ``incidents`` tables) and the privacy audit are optional: a page says
+what did not run instead of failing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+
+Window = tuple[dt.date, dt.date]
+POPULATION_SAMPLE = 3000
+SUBJECT_SAMPLE = 2000
+
+
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.sql(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", params=[name]
+    ).fetchall()
+    return rows[0][0] > 0
+
+
+def _rows(con, sql: str, params: list) -> list[dict]:
+    rel = con.sql(sql, params=params)
+    return [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
+
+
+@dataclass
+class Scores:
+    """The detection stage's per-user output, when it ran."""
+
+    frame: pl.DataFrame
+    threshold: float | None
+
+    @property
+    def detectors(self) -> list[str]:
+        return [c.removeprefix("score_") for c in self.frame.columns if c.startswith("score_")]
+
+
+def load_scores(
+    out_dir: Path | None, con: duckdb.DuckDBPyConnection | None = None
+) -> Scores | None:
+    """Per-user scores from ``OUT/user_scores.parquet``, else from the ``user_scores`` table."""
+    path = None if out_dir is None else out_dir / "user_scores.parquet"
+    if path is not None and path.exists():
+        frame = pl.read_parquet(path)
+    elif con is not None and has_table(con, "user_scores"):
+        frame = con.sql("SELECT * FROM user_scores").pl()
+    else:
+        return None
+    if "threshold" in frame.columns and frame.height:
+        threshold = float(frame["threshold"][0])
+    elif frame.height and frame["flagged"].any():
+        threshold = float(frame.filter(pl.col("flagged"))["score"].min())
+    else:
+        threshold = None
+    return Scores(frame.sort("score", descending=True), threshold)
+
+
+def ingest_health(con: duckdb.DuckDBPyConnection, window: Window) -> dict:
+    params = list(window)
+    files = _rows(
+        con,
+        "SELECT count(*) AS files, coalesce(sum(rows_read), 0) AS rows_read, "
+        "coalesce(sum(accepted), 0) AS accepted, coalesce(sum(duplicates), 0) AS duplicates, "
+        "coalesce(sum(rejected), 0) AS rejected, count(damage) AS damaged "
+        "FROM source_files WHERE partition_day BETWEEN ? AND ?",
+        params,
+    )[0]
+    reasons = _rows(
+        con,
+        "SELECT reason, count(*) AS n, min(detail) AS example FROM rejected_events "
+        "WHERE partition_day BETWEEN ? AND ? GROUP BY reason ORDER BY n DESC, reason",
+        params,
+    )
+    damaged = _rows(
+        con,
+        "SELECT path, damage, rows_read FROM source_files WHERE damage IS NOT NULL "
+        "AND partition_day BETWEEN ? AND ? ORDER BY path",
+        params,
+    )
+    return {**files, "reasons": reasons, "damaged_files": damaged}
+
+
+def event_totals(con: duckdb.DuckDBPyConnection, window: Window) -> dict:
+    return _rows(
+        con,
+        "SELECT count(*) AS events, count(DISTINCT user_id) AS users FROM events "
+        "WHERE day BETWEEN ? AND ?",
+        list(window),
+    )[0]
+
+
+def hourly_activity(
+    con: duckdb.DuckDBPyConnection, window: Window, suspects: list[str]
+) -> tuple[list[dt.datetime], list[int], list[int]]:
+    """Queries per hour for everyone and for the given users (zero-filled)."""
+    rows = con.sql(
+        "SELECT date_trunc('hour', ts) AS hour, count(*) AS everyone, "
+        "count(*) FILTER (WHERE list_contains(?, user_id)) AS suspects "
+        "FROM events WHERE day BETWEEN ? AND ? GROUP BY 1 ORDER BY 1",
+        params=[suspects, *window],
+    ).fetchall()
+    if not rows:
+        return [], [], []
+    start = dt.datetime.combine(window[0], dt.time())
+    hours = [start + dt.timedelta(hours=h) for h in range(((window[1] - window[0]).days + 1) * 24)]
+    by_hour = {row[0]: row for row in rows}
+    everyone = [by_hour[h][1] if h in by_hour else 0 for h in hours]
+    flagged = [by_hour[h][2] if h in by_hour else 0 for h in hours]
+    return hours, everyone, flagged
+
+
+def incidents(con: duckdb.DuckDBPyConnection, window: Window) -> list[dict]:
+    if not has_table(con, "incidents"):
+        return []
+    rows = _rows(
+        con,
+        "SELECT * FROM incidents WHERE last_seen >= ? AND first_seen < ? + INTERVAL 1 DAY "
+        "ORDER BY score DESC, incident_id",
+        list(window),
+    )
+    for row in rows:
+        row["evidence"] = _json_list(row.get("evidence"))
+        row["members"] = _json_list(row.get("members")) or [row.get("subject")]
+    return rows
+
+
+def _json_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return [value]
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+def privacy_summary(out_dir: Path) -> dict | None:
+    path = out_dir / "privacy" / "privacy_audit.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- one subject (user or group)
+
+
+def subject_events(
+    con: duckdb.DuckDBPyConnection, users: list[str], window: Window
+) -> pl.DataFrame:
+    return con.sql(
+        "SELECT event_id, ts, day, user_id, session_id, source_ip, features, prediction, "
+        "probabilities FROM events WHERE list_contains(?, user_id) AND day BETWEEN ? AND ? "
+        "ORDER BY ts, event_id",
+        params=[users, *window],
+    ).pl()
+
+
+def population_sample(con: duckdb.DuckDBPyConnection, window: Window) -> pl.DataFrame:
+    """A reproducible sample of everyone's events in the window."""
+    return con.sql(
+        "SELECT features, prediction, probabilities FROM events WHERE day BETWEEN ? AND ? "
+        "ORDER BY hash(event_id) LIMIT ?",
+        params=[*window, POPULATION_SAMPLE],
+    ).pl()
+
+
+def margins(probabilities: pl.Series) -> np.ndarray:
+    """Top-1 minus top-2 probability of each response that carried probabilities."""
+    rows = [np.sort(np.asarray(p, float))[::-1] for p in probabilities if p is not None]
+    return np.array([p[0] - p[1] if len(p) > 1 else p[0] for p in rows if len(p)])
+
+
+def feature_percentiles(
+    con: duckdb.DuckDBPyConnection, users: list[str], limit: int = 10
+) -> list[dict]:
+    """The subject's behaviour features that stand out most, as population percentiles."""
+    if not has_table(con, "user_features"):
+        return []
+    frame = con.sql("SELECT * FROM user_features").pl()
+    if "user_id" not in frame.columns:
+        return []
+    numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c != "user_id"]
+    mine = frame.filter(pl.col("user_id").is_in(users))
+    if mine.is_empty():
+        return []
+    rows = []
+    for column in numeric:
+        values = frame[column].drop_nulls().drop_nans().to_numpy()
+        value = mine[column].mean()
+        if value is None or not len(values) or not np.isfinite(value):
+            continue
+        pct = float((values < value).mean() + 0.5 * (values == value).mean())
+        rows.append({"feature": column, "value": float(value), "population_percentile": pct})
+    rows.sort(key=lambda r: (-abs(r["population_percentile"] - 0.5), r["feature"]))
+    return rows[:limit]
+
+
+def sql_to_pull(users: list[str], window: Window) -> str:
+    """The exact SQL that pulls the subject's events from the DuckDB file (literals quoted)."""
+    quoted = ", ".join("'" + user.replace("'", "''") + "'" for user in users)
+    return (
+        f"SELECT * FROM events\nWHERE user_id IN ({quoted})\n"
+        f"  AND day BETWEEN DATE '{window[0]}' AND DATE '{window[1]}'\nORDER BY ts, event_id;"
+    )
