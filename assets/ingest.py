@@ -45,29 +45,24 @@ def events(
     totals: dict[str, int] = defaultdict(int)
     rejected: dict[str, int] = defaultdict(int)
     unbalanced: list[str] = []
+    plan = [(day, files_by_day[day]) for day in days if day in files_by_day]
     with duckdb.get_connection() as con:
         store.ensure_schema(con)
-        for day in days:
-            if day not in files_by_day:
-                continue
-            result = store.ingest_day(
-                con,
-                day,
-                files_by_day[day],
-                model_width=width,
-                run_id=context.run_id,
-                progress=say,
-            )
+        results = store.ingest_days(
+            con, plan, model_width=width, run_id=context.run_id, progress=say
+        )
+        for result in results:
             width = width or result.input_width
             say(
-                f"{day}: {result.total('rows_read')} read, {result.total('accepted')} accepted, "
-                f"{result.total('duplicates')} duplicates, {result.total('rejected')} rejected"
+                f"{result.day}: {result.total('rows_read')} read, "
+                f"{result.total('accepted')} accepted, {result.total('duplicates')} duplicates, "
+                f"{result.total('rejected')} rejected"
             )
             for name in ("rows_read", "accepted", "duplicates", "rejected"):
                 totals[name] += result.total(name)
             for reason, count in result.rejected_by_reason.items():
                 rejected[reason] += count
-            unbalanced += store.unbalanced_files(con, day)
+            unbalanced += store.unbalanced_files(con, result.day)
     return MaterializeResult(
         metadata={
             **{name: MetadataValue.int(value) for name, value in totals.items()},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,12 +94,12 @@ _BATCH_ROWS = 1 << 16
 _READ_THREADS = 4
 
 
-def read_raw(file: ArchiveFile, con: duckdb.DuckDBPyConnection | None = None) -> RawFile:
+def read_raw(file: ArchiveFile) -> RawFile:
     """Read a file once: hash its bytes, recover what a cut gzip holds, split lines."""
     raw = file.path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if file.format == "parquet":
-        lines = _parquet_lines(con or duckdb.connect(), file.path)
+        lines = _parquet_lines(duckdb.connect(), file.path)
         return RawFile(_with_flags(lines, None, None), digest, len(raw), None)
     damage = None
     data = raw
@@ -155,28 +155,48 @@ def _split_lines_slow(data: bytes) -> tuple[pa.Table, np.ndarray]:
     return table, np.array(bad, dtype=bool)
 
 
-def read_day(
-    files: Sequence[ArchiveFile], con: duckdb.DuckDBPyConnection, say: Progress
-) -> tuple[list[RawFile], pa.Table]:
+@dataclass
+class DayRead:
+    """A day's files as read: custody facts per file and one table of all their lines."""
+
+    raws: list[RawFile]
+    lines: pa.Table  # file_index, line_no, text, cut, bad_utf8
+
+
+def read_day(files: Sequence[ArchiveFile], say: Progress | None = None) -> DayRead:
     """Read a day's files (decompression in threads) into one table of lines, in batches
     small enough for DuckDB to validate in parallel."""
-    jsonl = [f for f in files if f.format != "parquet"]
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        by_path = dict(zip((f.path for f in jsonl), pool.map(read_raw, jsonl), strict=True))
-    raws = []
-    for file in files:
-        raw = by_path.get(file.path) or read_raw(file, con)
-        raws.append(raw)
-        if raw.damage:
+        raws = list(pool.map(read_raw, files))
+    for file, raw in zip(files, raws, strict=True):
+        if raw.damage and say:
             say(f"{file.path}: {raw.damage}; keeping the {raw.lines.num_rows} lines before it")
     tables = [
         raw.lines.add_column(0, "file_index", pa.array(np.full(raw.lines.num_rows, i, np.int32)))
         for i, raw in enumerate(raws)
     ]
     if not tables:
-        return raws, pa.table({})
+        return DayRead(raws, pa.table({}))
     combined = pa.concat_tables(tables)
-    return raws, pa.Table.from_batches(combined.to_batches(max_chunksize=_BATCH_ROWS))
+    return DayRead(raws, pa.Table.from_batches(combined.to_batches(max_chunksize=_BATCH_ROWS)))
+
+
+def ingest_days(
+    con: duckdb.DuckDBPyConnection,
+    plan: Sequence[tuple[dt.date, Sequence[ArchiveFile]]],
+    **options,
+) -> Iterator[DayResult]:
+    """Ingest days in order, reading the next day's files while DuckDB loads the current one
+    (so at most two days' data are in memory at once)."""
+    if not plan:
+        return
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read_day, plan[0][1], options.get("progress"))
+        for index, (day, files) in enumerate(plan):
+            read = pending.result()
+            if index + 1 < len(plan):
+                pending = reader.submit(read_day, plan[index + 1][1], options.get("progress"))
+            yield ingest_day(con, day, files, prefetched=read, **options)
 
 
 # ---------------------------------------------------------------- ingest
@@ -190,6 +210,7 @@ def ingest_day(
     model_width: int | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
+    prefetched: DayRead | None = None,
 ) -> DayResult:
     """Load one day partition's files in one transaction, replacing the partition's rows.
 
@@ -199,8 +220,9 @@ def ingest_day(
     run_id = run_id or uuid.uuid4().hex
     say = progress or (lambda _msg: None)
     width = model_width or _stored_width(con)
-    say(f"{day}: reading {len(files)} files")
-    raws, lines = read_day(files, con, say)
+    read = prefetched or read_day(files, say)
+    say(f"{day}: validating {read.lines.num_rows} lines of {len(files)} files")
+    raws, lines = read.raws, read.lines
     paths = pa.table(
         {
             "file_index": pa.array(range(len(files)), pa.int32()),

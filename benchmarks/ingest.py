@@ -40,13 +40,11 @@ files, _ = scan_archive(archive)
 all_days = sorted({f.day for f in files})[: days or None]
 con = store.connect(db)
 start = time.perf_counter()
-accepted = 0
-for day in all_days:
-    result = store.ingest_day(con, day, [f for f in files if f.day == day])
-    accepted += result.total("rows_read")
+plan = [(day, [f for f in files if f.day == day]) for day in all_days]
+rows = sum(result.total("rows_read") for result in store.ingest_days(con, plan))
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"rows": accepted, "seconds": seconds, "peak_mib": peak, "days": len(all_days)}))
+print(json.dumps({"rows": rows, "seconds": seconds, "peak_mib": peak, "days": len(all_days)}))
 """
 
 _BARE = """
