@@ -39,7 +39,8 @@ def events(
 ) -> MaterializeResult:
     """Accepted events of each day partition; rejects quarantined with their reason."""
     say = progress_for(context)
-    files_by_day = _files_by_day(audit.logs)
+    reader, unusable_gateway_lines = audit.reader_options()
+    files_by_day = _files_by_day(audit.logs, reader)
     days = [dt.date.fromisoformat(key) for key in context.partition_keys]
     width = _model_width(audit)
     totals: dict[str, int] = defaultdict(int)
@@ -49,7 +50,7 @@ def events(
     with duckdb.get_connection() as con:
         store.ensure_schema(con)
         results = store.ingest_days(
-            con, plan, model_width=width, run_id=context.run_id, progress=say
+            con, plan, model_width=width, run_id=context.run_id, progress=say, reader=reader
         )
         for result in results:
             width = width or result.input_width
@@ -68,6 +69,7 @@ def events(
             **{name: MetadataValue.int(value) for name, value in totals.items()},
             "rejected_by_reason": MetadataValue.json(dict(rejected)),
             "input_width": MetadataValue.int(width or 0),
+            "unusable_gateway_lines": MetadataValue.int(unusable_gateway_lines),
         },
         check_results=[
             AssetCheckResult(
@@ -99,8 +101,8 @@ def ingest_summary(
     )
 
 
-def _files_by_day(logs: str) -> dict[dt.date, list[ArchiveFile]]:
-    files, _skipped = scan_archive(logs)
+def _files_by_day(logs: str, reader) -> dict[dt.date, list[ArchiveFile]]:
+    files, _skipped = scan_archive(logs, reader.format, reader.mapping)
     by_day: dict[dt.date, list[ArchiveFile]] = defaultdict(list)
     for file in files:
         by_day[file.day].append(file)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audits.errors import InputError
+from audits.formats import kind_of
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -36,6 +37,7 @@ class ArchiveFile:
     mtime_ns: int
     format: str  # "jsonl" | "parquet"
     day: dt.date
+    kind: str = "canonical"  # the reader: canonical, sagemaker, kserve or mapped
 
     @property
     def compressed(self) -> bool:
@@ -65,8 +67,11 @@ def day_from_path(relative: str) -> dt.date | None:
     return None
 
 
-def scan_archive(root: str | Path) -> tuple[list[ArchiveFile], list[Path]]:
-    """List the archive's log files (sorted by path) and the other files it holds."""
+def scan_archive(
+    root: str | Path, log_format: str = "auto", mapping: dict[str, str] | None = None
+) -> tuple[list[ArchiveFile], list[Path]]:
+    """List the archive's log files (sorted by path) and the other files it holds; each file's
+    reader is ``log_format``, or (``auto``) the format its first record shows."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"log archive not found: {root}")
@@ -81,9 +86,24 @@ def scan_archive(root: str | Path) -> tuple[list[ArchiveFile], list[Path]]:
             continue
         stat = path.stat()
         relative = path.relative_to(root).as_posix() if path != root else path.name
+        first = _first_line(path) if fmt == "jsonl" else ""
+        kind = kind_of(first, log_format, mapping) if fmt == "jsonl" else "canonical"
         day = day_from_path(relative) or _first_event_day(path, fmt) or _mtime_day(stat)
-        files.append(ArchiveFile(path, stat.st_size, stat.st_mtime_ns, fmt, day))
+        files.append(ArchiveFile(path, stat.st_size, stat.st_mtime_ns, fmt, day, kind))
     return files, skipped
+
+
+def _first_line(path: Path) -> str:
+    """The first non-blank line of a JSON-lines file ('' when unreadable)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+            for _, line in zip(range(100), handle, strict=False):
+                if line.strip():
+                    return line
+    except (OSError, EOFError):
+        return ""
+    return ""
 
 
 def _mtime_day(stat: os.stat_result) -> dt.date:
@@ -117,7 +137,12 @@ def _first_event_day(path: Path, fmt: str) -> dt.date | None:
 
 def _day_of_line(line: str) -> dt.date | None:
     try:
-        value = json.loads(line).get("ts")
+        record = json.loads(line)
+        value = (
+            record.get("ts")
+            or record.get("time")
+            or (record.get("eventMetadata") or {}).get("inferenceTime")
+        )
         stamp = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except (ValueError, AttributeError, TypeError):
         return None

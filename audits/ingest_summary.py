@@ -6,6 +6,8 @@ import datetime as dt
 
 import duckdb
 
+from audits.formats import UNKNOWN_PRINCIPAL
+
 
 def ingest_summary(con: duckdb.DuckDBPyConnection, window: tuple[dt.date, dt.date] | None) -> dict:
     """``{"files", "rows_read", "accepted", "duplicates", "rejected": {reason: n}}`` plus the
@@ -27,6 +29,10 @@ def ingest_summary(con: duckdb.DuckDBPyConnection, window: tuple[dt.date, dt.dat
         "AND partition_day BETWEEN ? AND ? ORDER BY path",
         params=params,
     ).fetchall()
+    unknown = con.sql(
+        "SELECT count(*) FROM events WHERE user_id = ? AND partition_day BETWEEN ? AND ?",
+        params=[UNKNOWN_PRINCIPAL, *params],
+    ).fetchall()[0][0]
     return {
         "files": int(files),
         "rows_read": int(rows_read),
@@ -34,5 +40,6 @@ def ingest_summary(con: duckdb.DuckDBPyConnection, window: tuple[dt.date, dt.dat
         "duplicates": int(duplicates),
         "rejected": {reason: int(n) for reason, n in rejected},
         "damaged_files": [{"path": path, "damage": damage} for path, damage in damaged],
+        "unknown_principal_events": int(unknown),
         "window": None if window is None else [start.isoformat(), end.isoformat()],
     }

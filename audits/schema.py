@@ -28,6 +28,8 @@ NON_FINITE = "non_finite"  # NaN / Infinity anywhere in a numeric field
 WRONG_WIDTH = "wrong_width"  # features length != the model's input width
 TRUNCATED_LINE = "truncated_line"  # the partial last line of a file cut short
 INVALID_UTF8 = "invalid_utf8"  # bytes that are not UTF-8 text
+UNPAIRED_RESPONSE = "unpaired_response"  # a KServe response whose request is not logged
+UNMAPPABLE = "unmappable"  # a SageMaker/KServe/mapped line that is not a record of that format
 
 REJECT_REASONS: tuple[str, ...] = (
     MALFORMED_JSON,
@@ -39,6 +41,8 @@ REJECT_REASONS: tuple[str, ...] = (
     WRONG_WIDTH,
     TRUNCATED_LINE,
     INVALID_UTF8,
+    UNPAIRED_RESPONSE,
+    UNMAPPABLE,
 )
 
 RAW_TEXT_CAP_BYTES = 4096

@@ -18,9 +18,11 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from audits import schema
 from audits.catalog import ArchiveFile
+from audits.formats import CANONICAL, ReaderOptions, to_canonical
 from audits.readers import decompress_recoverable
 from audits.validation import dominant_width_sql, validation_sql
 
@@ -82,7 +84,7 @@ class DayResult:
 class RawFile:
     """A file's lines as read, with its custody facts."""
 
-    lines: pa.Table  # line_no, text, cut, bad_utf8
+    lines: pa.Table  # line_no, text, cut, bad_utf8, reject
     sha256: str
     size_bytes: int
     damage: str | None
@@ -116,7 +118,11 @@ def _with_flags(lines: pa.Table, cut_line: int | None, bad_utf8: np.ndarray | No
     if cut_line is not None:
         cut[cut_line - 1] = True
     bad = bad_utf8 if bad_utf8 is not None else np.zeros(n, dtype=bool)
-    return lines.append_column("cut", pa.array(cut)).append_column("bad_utf8", pa.array(bad))
+    return (
+        lines.append_column("cut", pa.array(cut))
+        .append_column("bad_utf8", pa.array(bad))
+        .append_column("reject", pa.nulls(n, pa.string()))
+    )
 
 
 def split_lines(data: bytes) -> tuple[pa.Table, np.ndarray | None]:
@@ -160,7 +166,7 @@ class DayRead:
     """A day's files as read: custody facts per file and one table of all their lines."""
 
     raws: list[RawFile]
-    lines: pa.Table  # file_index, line_no, text, cut, bad_utf8
+    lines: pa.Table  # file_index, line_no, text, cut, bad_utf8, reject
 
 
 def read_day(files: Sequence[ArchiveFile], say: Progress | None = None) -> DayRead:
@@ -211,6 +217,7 @@ def ingest_day(
     run_id: str | None = None,
     progress: Progress | None = None,
     prefetched: DayRead | None = None,
+    reader: ReaderOptions | None = None,
 ) -> DayResult:
     """Load one day partition's files in one transaction, replacing the partition's rows.
 
@@ -222,7 +229,7 @@ def ingest_day(
     width = model_width or _stored_width(con)
     read = prefetched or read_day(files, say)
     say(f"{day}: validating {read.lines.num_rows} lines of {len(files)} files")
-    raws, lines = read.raws, read.lines
+    raws, lines = read.raws, _as_canonical(con, files, read.lines, reader or ReaderOptions())
     paths = pa.table(
         {
             "file_index": pa.array(range(len(files)), pa.int32()),
@@ -245,6 +252,27 @@ def ingest_day(
         con.execute("ROLLBACK")
         raise
     return DayResult(day, width, results, by_reason)
+
+
+def _as_canonical(
+    con: duckdb.DuckDBPyConnection,
+    files: Sequence[ArchiveFile],
+    lines: pa.Table,
+    reader: ReaderOptions,
+) -> pa.Table:
+    """The day's lines with every serving-stack format mapped to canonical records."""
+    kinds = {f.kind for f in files} - {CANONICAL}
+    if not kinds:
+        return lines
+    parts = []
+    for kind in sorted(kinds | {CANONICAL}):
+        indexes = [i for i, f in enumerate(files) if f.kind == kind]
+        if not indexes:
+            continue
+        subset = lines.filter(pc.is_in(lines["file_index"], pa.array(indexes, pa.int32())))
+        parts.append(subset if kind == CANONICAL else to_canonical(con, subset, kind, reader))
+    schema_ = lines.schema
+    return pa.concat_tables([part.select(schema_.names).cast(schema_) for part in parts])
 
 
 def _stored_width(con: duckdb.DuckDBPyConnection) -> int | None:

@@ -1,6 +1,7 @@
 """Turn raw JSON lines into typed event rows or reject rows, entirely inside DuckDB.
 
-The input is a relation ``lines_in(file_index, line_no, text, cut, bad_utf8)``; the output
+The input is a relation ``lines_in(file_index, line_no, text, cut, bad_utf8, reject)``
+(``reject``: a reason a format reader already found, else NULL); the output
 is one row per non-blank line with ``reason``/``detail`` (NULL when the record is valid) and
 the typed canonical fields. Rules, in order (first match wins): a cut last line, bad UTF-8,
 malformed JSON, not an object, a missing required field, a wrong type, a bad timestamp, a
@@ -54,6 +55,11 @@ _SQL_TYPES = {
     "probabilities": "DOUBLE[]",
     "latency_ms": "DOUBLE",
 }
+_REJECT_DETAILS = (
+    f"WHEN '{schema.UNPAIRED_RESPONSE}' THEN 'a response with no request of the same id' "
+    f"WHEN '{schema.UNMAPPABLE}' THEN 'not a record of the format this file was read as' "
+    "ELSE reject"
+)
 _ZONE_SUFFIX = r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)\s*$"
 # Text that cannot occur in a minified JSON array of numbers (NaN and Infinity included):
 # strings, objects, true/false/null, nested arrays.
@@ -99,6 +105,7 @@ def _listed(values: tuple[str, ...]) -> str:
 def _rules() -> list[tuple[str, str, str]]:
     """(condition, reason, detail SQL) in priority order."""
     rules: list[tuple[str, str, str]] = [
+        ("reject IS NOT NULL", "reject", "reject_detail"),
         ("cut", schema.TRUNCATED_LINE, "'partial last line of a file cut short'"),
         ("bad_utf8", schema.INVALID_UTF8, "'bytes that are not UTF-8'"),
         ("f IS NULL", schema.MALFORMED_JSON, "'not parseable as JSON'"),
@@ -168,6 +175,7 @@ def _clean(width: int | None) -> str:
     """One cheap predicate that holds exactly when no rule fires: the common case."""
     fragment = f"f[{_IDX['features']}]"
     checks = [
+        "reject IS NULL",
         "NOT cut",
         "NOT bad_utf8",
         "v IS NOT NULL",
@@ -193,9 +201,14 @@ def _rule_number(rules: list[tuple[str, str, str]], width: int | None) -> str:
     return f"CASE WHEN {_clean(width)} THEN NULL ELSE CASE\n            {arms}\n        END END"
 
 
+def _reason_sql(reason: str) -> str:
+    """A rule's reason as SQL: a constant, or the ``reject`` column a reader filled."""
+    return reason if reason == "reject" else repr(reason)
+
+
 def _by_rule(rules: list[tuple[str, str, str]], pick: int) -> str:
     arms = " ".join(
-        f"WHEN {i} THEN {repr(r[1]) if pick == 1 else r[2]}" for i, r in enumerate(rules, 1)
+        f"WHEN {i} THEN {_reason_sql(r[1]) if pick == 1 else r[2]}" for i, r in enumerate(rules, 1)
     )
     return f"CASE rule {arms} END"
 
@@ -222,10 +235,12 @@ def validation_sql(width: int | None = None) -> str:
     rules = _rules() + ([_width_rule(width)] if width is not None else [])
     return f"""
 WITH lines AS (
-    SELECT * FROM lines_in WHERE ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+    SELECT *, CASE reject {_REJECT_DETAILS} END AS reject_detail FROM lines_in
+    WHERE ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
 ), extracted AS (
     SELECT *,
-        CASE WHEN NOT cut AND NOT bad_utf8 THEN try(json_extract(text, [{paths}])) END AS f
+        CASE WHEN NOT cut AND NOT bad_utf8 AND reject IS NULL
+             THEN try(json_extract(text, [{paths}])) END AS f
     FROM lines
 ), kinds AS (
     SELECT *,

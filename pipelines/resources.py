@@ -17,6 +17,11 @@ class AuditConfig(ConfigurableResource):
 
     logs: str
     out_dir: str
+    log_format: str = "auto"
+    gateway_logs: str | None = None
+    mapping: str | None = None
+    principal_header: str = "X-Api-Key-Id"
+    ip_header: str = "X-Forwarded-For"
     model: str | None = None
     reference: str | None = None
     train: str | None = None
@@ -25,6 +30,22 @@ class AuditConfig(ConfigurableResource):
     trust_pickle: bool = False
     start: str | None = None
     end: str | None = None
+
+    def reader_options(self):
+        """How to read non-canonical logs (the gateway logs are loaded here, once)."""
+        from audits.formats import ReaderOptions, load_gateway, load_mapping
+
+        gateway, unusable = (None, 0)
+        if self.gateway_logs:
+            gateway, unusable = load_gateway(self.gateway_logs)
+        options = ReaderOptions(
+            format=self.log_format,
+            gateway=gateway,
+            principal_header=self.principal_header,
+            ip_header=self.ip_header,
+            mapping=load_mapping(self.mapping) if self.mapping else {},
+        )
+        return options, unusable
 
     @property
     def out_path(self) -> Path:

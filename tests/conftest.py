@@ -22,7 +22,7 @@ def make_record(day: str, index: int, *, user: str | None = None, width: int = 4
         "model_version": "3",
         "features": [round(rng.gauss(0, 1), 6) for _ in range(width)],
         "prediction": index % 3,
-        "probabilities": [0.2, 0.3, 0.5],
+        "probabilities": [0.8 if k == index % 3 else 0.1 for k in range(3)],
         "status": "200",
         "latency_ms": 12.5,
     }

@@ -22,6 +22,7 @@ def _classify(lines: list[str], cut_line: int | None = None, width: int | None =
             "text": pa.array([line + "\n" for line in lines], pa.large_string()),
             "cut": pa.array([i + 1 == cut_line for i in range(n)]),
             "bad_utf8": pa.array([False] * n),
+            "reject": pa.nulls(n, pa.string()),
         }
     )
     con = duckdb.connect()

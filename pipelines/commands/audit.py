@@ -35,6 +35,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow loading a pickle/joblib model (runs code from the file)",
     )
+    parser.add_argument(
+        "--format",
+        dest="log_format",
+        default="auto",
+        choices=["auto", "canonical", "sagemaker", "kserve"],
+        help="log format (default: auto, detected per file)",
+    )
+    parser.add_argument(
+        "--gateway-logs",
+        help="API Gateway access logs (JSON lines) that hold "
+        "the principal of SageMaker captures, joined on request id",
+    )
+    parser.add_argument("--mapping", help="TOML field mapping for a team's own JSON logs")
+    parser.add_argument(
+        "--principal-header",
+        default="X-Api-Key-Id",
+        help="KServe metadata header naming the caller (default: X-Api-Key-Id)",
+    )
+    parser.add_argument(
+        "--ip-header",
+        default="X-Forwarded-For",
+        help="KServe metadata header with the client IP (default: X-Forwarded-For)",
+    )
     parser.add_argument("--start", help="first UTC day to audit, YYYY-MM-DD")
     parser.add_argument("--end", help="last UTC day to audit, YYYY-MM-DD")
     parser.add_argument("--db", help="DuckDB file (default: OUT/stealwatch.duckdb)")
@@ -78,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.resources import AuditConfig
     from pipelines.runner import run_audit, show_progress
 
+    mapping = _existing(args.mapping, "field mapping")
+    if mapping:
+        from audits.formats import load_mapping
+
+        load_mapping(mapping)  # fail now on a bad mapping
     start, end = audit_days(
         _existing(args.logs, "log archive"),
         parse_day(args.start, "--start"),
@@ -95,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
     audit = AuditConfig(
         logs=args.logs,
         out_dir=str(out),
+        log_format=args.log_format,
+        gateway_logs=_existing(args.gateway_logs, "gateway logs"),
+        mapping=mapping,
+        principal_header=args.principal_header,
+        ip_header=args.ip_header,
         model=_existing(args.model, "model"),
         reference=_existing(args.reference, "reference data"),
         train=_existing(args.train, "training data"),

@@ -1,0 +1,361 @@
+"""Serving-stack logs turned into canonical records, inside DuckDB, before the common validation.
+
+Every reader maps a day's lines ``(file_index, line_no, text, cut, bad_utf8, reject)`` to
+canonical JSON lines of the same shape, so quarantine, custody, dedup and accounting are the
+canonical reader's: a record that cannot be mapped keeps its raw text and is rejected with a reason.
+
+- ``sagemaker``: SageMaker Data Capture (CSV, JSON and BASE64 bodies, batches expanded to one
+  event per row), principal and IP joined from API Gateway access logs on request id
+  (``requestId`` = ``inferenceId``); no match gives ``UNKNOWN_PRINCIPAL``.
+- ``kserve``: KServe payload-logger CloudEvents, request and response paired by ``id``, V1 and
+  V2 (Open Inference Protocol) bodies, batches expanded, principal and IP from forwarded
+  metadata headers, latency from the two times. A redelivered request expands to the same
+  event ids, so it is counted as a duplicate; a request without a response (a failed call)
+  is kept with ``status`` ``"no_response"``.
+- ``mapped``: a team's own JSON lines, with a TOML file naming the JSON path of each field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from audits import schema
+from audits.errors import InputError
+
+CANONICAL, SAGEMAKER, KSERVE, MAPPED = "canonical", "sagemaker", "kserve", "mapped"
+FORMATS = ("auto", CANONICAL, SAGEMAKER, KSERVE)
+UNKNOWN_PRINCIPAL = "(unknown principal)"
+KSERVE_REQUEST = "org.kubeflow.serving.inference.request"
+KSERVE_RESPONSE = "org.kubeflow.serving.inference.response"
+_NOT_NUMERIC_CSV = re.compile(r"[^0-9eE+\-.,\s]")
+
+
+@dataclass
+class ReaderOptions:
+    """How non-canonical logs are read."""
+
+    format: str = "auto"
+    gateway: pa.Table | None = None  # request_id, user_id, source_ip, latency_ms
+    principal_header: str = "X-Api-Key-Id"
+    ip_header: str = "X-Forwarded-For"
+    mapping: dict[str, str] = field(default_factory=dict)  # canonical field -> JSON path
+
+
+def kind_of(first_line: str, format: str, mapping: dict[str, str] | None = None) -> str:
+    """The reader for a file: the format asked for, or the one its first record shows."""
+    if format != "auto":
+        return MAPPED if format == CANONICAL and mapping else format
+    found = detect(first_line)
+    return MAPPED if found == CANONICAL and mapping else found
+
+
+def detect(first_line: str) -> str:
+    """The format of a file from its first record."""
+    try:
+        record = json.loads(first_line)
+    except ValueError:
+        return CANONICAL  # the canonical reader quarantines what it cannot parse
+    if not isinstance(record, dict):
+        return CANONICAL
+    if "captureData" in record:
+        return SAGEMAKER
+    if str(record.get("type", "")).startswith("org.kubeflow.serving.inference."):
+        return KSERVE
+    return CANONICAL
+
+
+def load_mapping(path: str | Path) -> dict[str, str]:
+    """A TOML field mapping: ``[fields]`` canonical name = JSON path (``$.a.b``)."""
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read field mapping {path}: {exc}") from None
+    fields = document.get("fields")
+    known = set(schema.REQUIRED_FIELDS + schema.OPTIONAL_FIELDS)
+    if not isinstance(fields, dict) or not fields:
+        raise InputError(f'field mapping {path} needs a [fields] table: name = "$.json.path"')
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise InputError(f"field mapping {path}: unknown fields {', '.join(unknown)}")
+    missing = [name for name in schema.REQUIRED_FIELDS if name not in fields]
+    if missing:
+        raise InputError(f"field mapping {path}: required fields not mapped: {', '.join(missing)}")
+    for name, path_text in fields.items():
+        if not isinstance(path_text, str) or not path_text.startswith("$"):
+            raise InputError(f'field mapping {path}: {name} must be a JSON path like "$.a.b"')
+    return dict(fields)
+
+
+def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
+    """API Gateway access logs under ``root`` (JSON lines, any file name, gzip or not) as
+    ``(request_id, user_id, source_ip, latency_ms)``, and the count of lines that could not
+    be used (unparseable, or without a request id)."""
+    from audits.readers import decompress_recoverable
+
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"gateway logs not found: {root}")
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    lines: list[str] = []
+    for path in paths:
+        if path.name.startswith("."):
+            continue
+        raw = path.read_bytes()
+        data = decompress_recoverable(raw)[0] if raw[:2] == b"\x1f\x8b" else raw
+        lines += [line for line in data.decode("utf-8", errors="replace").splitlines() if line]
+    con = duckdb.connect()
+    con.register("gateway_lines", pa.table({"text": pa.array(lines, pa.large_string())}))
+    gateway = con.sql(
+        """
+        WITH parsed AS (
+            SELECT try(json_extract_string(text, ['$.requestId', '$.apiKeyId', '$.ip',
+                                                  '$.responseLatency'])) AS g
+            FROM gateway_lines
+        )
+        SELECT g[1] AS request_id, nullif(g[2], '-') AS user_id, nullif(g[3], '-') AS source_ip,
+               try_cast(nullif(g[4], '-') AS DOUBLE) AS latency_ms
+        FROM parsed
+        WHERE g IS NOT NULL AND g[1] IS NOT NULL AND g[1] NOT IN ('-', '')
+        QUALIFY row_number() OVER (PARTITION BY g[1]) = 1
+        """
+    ).to_arrow_table()
+    usable = con.sql(
+        "SELECT count(*) FROM gateway_lines WHERE "
+        "try(json_extract_string(text, '$.requestId')) NOT IN ('-', '')"
+    ).fetchall()[0][0]
+    return gateway, len(lines) - usable
+
+
+def _empty_gateway() -> pa.Table:
+    return pa.table(
+        {
+            "request_id": pa.array([], pa.string()),
+            "user_id": pa.array([], pa.string()),
+            "source_ip": pa.array([], pa.string()),
+            "latency_ms": pa.array([], pa.float64()),
+        }
+    )
+
+
+def to_canonical(
+    con: duckdb.DuckDBPyConnection, lines: pa.Table, kind: str, options: ReaderOptions
+) -> pa.Table:
+    """Map one format's lines to canonical JSON lines (the same five columns)."""
+    con.register("format_lines", lines)
+    try:
+        if kind == SAGEMAKER:
+            con.register("gateway", options.gateway if options.gateway else _empty_gateway())
+            return con.sql(_SAGEMAKER_SQL, params=[UNKNOWN_PRINCIPAL]).to_arrow_table()
+        if kind == KSERVE:
+            return con.sql(
+                _KSERVE_SQL,
+                params=[
+                    options.principal_header,
+                    options.ip_header,
+                    KSERVE_REQUEST,
+                    KSERVE_RESPONSE,
+                ],
+            ).to_arrow_table()
+        if kind == MAPPED:
+            return con.sql(_mapping_sql(options.mapping)).to_arrow_table()
+        raise ValueError(f"no reader for {kind}")
+    finally:
+        con.unregister("format_lines")
+        if kind == SAGEMAKER:
+            con.unregister("gateway")
+
+
+_PASS_THROUGH = """
+    SELECT file_index, line_no, text, cut, bad_utf8, reject FROM format_lines
+    WHERE cut OR bad_utf8 OR ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''
+"""
+
+# Bodies: BASE64 is decoded first; CSV rows become JSON arrays; JSON bodies give
+# "instances"/"predictions" (or a bare list). Output rows with several numbers are
+# probabilities (the prediction is the index of the largest), a single value is a label.
+_SAGEMAKER_SQL = f"""
+WITH records AS (
+    SELECT file_index, line_no, text,
+        try(json_extract_string(text, [
+            '$.captureData.endpointInput.data', '$.captureData.endpointInput.encoding',
+            '$.captureData.endpointInput.observedContentType',
+            '$.captureData.endpointOutput.data', '$.captureData.endpointOutput.encoding',
+            '$.captureData.endpointOutput.observedContentType',
+            '$.eventMetadata.eventId', '$.eventMetadata.inferenceId',
+            '$.eventMetadata.inferenceTime'])) AS c
+    FROM format_lines
+    WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+), bodies AS (
+    SELECT *,
+        CASE WHEN c[2] = 'BASE64' THEN try(decode(from_base64(c[1]))) ELSE c[1] END AS body_in,
+        CASE WHEN c[5] = 'BASE64' THEN try(decode(from_base64(c[4]))) ELSE c[4] END AS body_out,
+        c[2] = 'JSON' OR lower(c[3]) LIKE '%json%' AS json_in,
+        c[5] = 'JSON' OR lower(c[6]) LIKE '%json%' AS json_out
+    FROM records
+), rows_ AS (
+    SELECT *,
+        CASE WHEN json_in THEN try(json_extract(json_extract(body_in, CASE WHEN
+                try(json_exists(body_in, '$.instances')) THEN '$.instances' ELSE '$' END),
+            '$[*]'))::VARCHAR[]
+             ELSE list_transform(string_split(rtrim(body_in, chr(10) || chr(13)), chr(10)),
+                                 lambda r: '[' || rtrim(r, chr(13)) || ']')
+        END AS inputs,
+        CASE WHEN json_out THEN try(json_extract(json_extract(body_out, CASE WHEN
+                try(json_exists(body_out, '$.predictions')) THEN '$.predictions' ELSE '$' END),
+            '$[*]'))::VARCHAR[]
+             ELSE list_transform(string_split(rtrim(body_out, chr(10) || chr(13)), chr(10)),
+                                 lambda r: rtrim(r, chr(13)))
+        END AS outputs
+    FROM bodies
+), mappable AS (
+    SELECT * FROM rows_ WHERE c IS NOT NULL AND c[7] IS NOT NULL AND len(inputs) > 0
+), instances AS (
+    SELECT file_index, line_no, c, len(inputs) AS n,
+        unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i, outputs
+    FROM mappable
+), answered AS (
+    SELECT *, outputs[i] AS answer,
+        CASE WHEN contains(outputs[i], ',') THEN
+            try_cast('[' || trim(outputs[i], '[] ') || ']' AS DOUBLE[]) END AS probabilities
+    FROM instances
+)
+SELECT a.file_index, a.line_no,
+    json_object(
+        'event_id', c[7] || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END,
+        'ts', c[9],
+        'user_id', coalesce(g.user_id, ?),
+        'source_ip', g.source_ip,
+        'features', coalesce(try(json(features)), to_json(features)),
+        'prediction', CASE WHEN probabilities IS NOT NULL
+                           THEN (list_position(probabilities, list_max(probabilities)) - 1)::VARCHAR
+                           ELSE trim(answer, '"[] ') END,
+        'probabilities', probabilities,
+        'latency_ms', g.latency_ms,
+        'status', '200',
+        'session_id', NULL
+    )::VARCHAR AS text,
+    FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
+FROM answered a LEFT JOIN gateway g ON g.request_id = a.c[8]
+UNION ALL
+SELECT file_index, line_no, text, FALSE, FALSE,
+    CASE WHEN try(json_valid(text)) THEN '{schema.UNMAPPABLE}' END FROM rows_
+WHERE c IS NULL OR c[7] IS NULL OR inputs IS NULL OR len(inputs) = 0
+UNION ALL
+{_PASS_THROUGH}
+"""
+
+_KSERVE_SQL = f"""
+WITH events AS (
+    SELECT file_index, line_no, text,
+        try(json_extract(text, ['$.id', '$.type', '$.time', '$.data', '$.metadata',
+                                '$.inferenceservicename'])) AS e
+    FROM format_lines
+    WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+), typed AS (
+    SELECT *, e[1]->>'$' AS id, e[2]->>'$' AS type FROM events
+), headers AS (
+    SELECT *,
+        list_filter(json_keys(e[5]), lambda k: lower(k) = lower($1))[1] AS principal_key,
+        list_filter(json_keys(e[5]), lambda k: lower(k) = lower($2))[1] AS ip_key
+    FROM typed WHERE type = $3
+), requests AS (
+    SELECT file_index, line_no, text, id, e,
+        json_extract_string(e[5], '$."' || replace(principal_key, '"', '') || '"[0]') AS principal,
+        trim(split_part(json_extract_string(e[5], '$."' || replace(ip_key, '"', '') || '"[0]'),
+                        ',', 1)) AS ip,
+        try(json_extract(e[4], CASE WHEN try(json_exists(e[4], '$.instances'))
+                                    THEN '$.instances' ELSE '$.inputs[0].data' END)) AS raw_inputs,
+        try(json_extract(e[4], '$.inputs[0].shape')) AS shape
+    FROM headers
+), responses AS (
+    SELECT id, e[3]->>'$' AS time, e[4] AS body FROM typed WHERE type = $4
+    QUALIFY row_number() OVER (PARTITION BY id ORDER BY file_index, line_no) = 1
+), request_rows AS (
+    SELECT r.*, s.time AS response_time, s.body,
+        CASE WHEN shape IS NULL THEN try(json_extract(raw_inputs, '$[*]'))::VARCHAR[]
+             ELSE list_transform(
+                 range(0, (shape->>'$[0]')::BIGINT),
+                 lambda k: to_json(list_slice(
+                     json_transform(raw_inputs, '["DOUBLE"]'),
+                     k * (shape->>'$[1]')::BIGINT + 1,
+                     (k + 1) * (shape->>'$[1]')::BIGINT))::VARCHAR)
+        END AS inputs,
+        try(json_extract(s.body, CASE WHEN try(json_exists(s.body, '$.predictions'))
+                                      THEN '$.predictions' ELSE '$.outputs[0].data' END))
+            AS raw_outputs,
+        try(json_extract(s.body, '$.outputs[0].shape')) AS out_shape
+    FROM requests r LEFT JOIN responses s USING (id)
+), instances AS (
+    SELECT *, len(inputs) AS n, unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i
+    FROM request_rows WHERE inputs IS NOT NULL AND len(inputs) > 0
+), answered AS (
+    SELECT *,
+        CASE WHEN out_shape IS NOT NULL AND json_array_length(out_shape) = 2 THEN
+                 list_slice(json_transform(raw_outputs, '["DOUBLE"]'),
+                            (i - 1) * (out_shape->>'$[1]')::BIGINT + 1,
+                            i * (out_shape->>'$[1]')::BIGINT)
+             WHEN out_shape IS NULL AND left(answer, 1) = '['
+                 THEN json_transform(answer, '["DOUBLE"]')
+        END AS probabilities
+    FROM (SELECT *, json_extract(raw_outputs, '$[' || (i - 1) || ']') AS answer FROM instances)
+)
+SELECT file_index, line_no,
+    json_object(
+        'event_id', id || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END,
+        'ts', e[3]->>'$',
+        'user_id', principal,
+        'source_ip', ip,
+        'model_id', e[6]->>'$',
+        'model_version', body->>'$.model_version',
+        'features', coalesce(try(json(features)), to_json(features)),
+        'prediction', CASE WHEN probabilities IS NOT NULL
+                           THEN (list_position(probabilities, list_max(probabilities)) - 1)::VARCHAR
+                           ELSE answer->>'$' END,
+        'probabilities', probabilities,
+        'status', CASE WHEN body IS NULL THEN 'no_response' ELSE '200' END,
+        'latency_ms', CASE WHEN response_time IS NOT NULL THEN
+            (epoch_us(try_cast(response_time AS TIMESTAMPTZ))
+             - epoch_us(try_cast(e[3]->>'$' AS TIMESTAMPTZ))) / 1000.0 END
+    )::VARCHAR AS text,
+    FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
+FROM answered
+UNION ALL
+SELECT file_index, line_no, text, FALSE, FALSE, '{schema.UNMAPPABLE}' FROM request_rows
+WHERE inputs IS NULL OR len(inputs) = 0
+UNION ALL
+SELECT file_index, line_no, text, FALSE, FALSE,
+    CASE WHEN e IS NOT NULL THEN '{schema.UNMAPPABLE}' END FROM typed
+WHERE e IS NULL OR type IS NULL OR type NOT IN ($3, $4)
+UNION ALL
+SELECT t.file_index, t.line_no, t.text, FALSE, FALSE, '{schema.UNPAIRED_RESPONSE}' FROM typed t
+WHERE t.type = $4 AND NOT EXISTS (SELECT 1 FROM typed q WHERE q.type = $3 AND q.id = t.id)
+UNION ALL
+{_PASS_THROUGH}
+"""
+
+
+def _mapping_sql(mapping: dict[str, str]) -> str:
+    paths = list(mapping.values())
+    names = list(mapping.keys())
+    quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+    pairs = ", ".join(f"'{name}', v[{i}]" for i, name in enumerate(names, 1))
+    return f"""
+WITH mapped AS (
+    SELECT file_index, line_no, text, try(json_extract(text, [{quoted}])) AS v
+    FROM format_lines
+    WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+)
+SELECT file_index, line_no,
+    CASE WHEN v IS NULL THEN text ELSE json_object({pairs})::VARCHAR END AS text,
+    FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
+FROM mapped
+UNION ALL
+{_PASS_THROUGH}
+"""

@@ -1,0 +1,164 @@
+"""Serving-stack logs: the same traffic as SageMaker+gateway and KServe gives the same events."""
+
+import gzip
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from audits import schema
+from audits.exporters import export_kserve, export_sagemaker
+from audits.formats import UNKNOWN_PRINCIPAL
+from pipelines.cli import main
+
+
+def _audit(out: Path, logs: Path, *extra: str) -> dict:
+    assert main(["audit", "--logs", str(logs), "--out", str(out), "--quiet", *extra]) == 0
+    return json.loads((out / "ingest_summary.json").read_text())
+
+
+def _events(out: Path, request_level: bool = True) -> list[tuple]:
+    """Events as comparable tuples; a batch's rows share their request's time and client IP,
+    so batched exports are compared without them."""
+    con = duckdb.connect(str(out / "stealwatch.duckdb"), read_only=True)
+    ts, ip = ("date_trunc('second', ts)", "source_ip") if request_level else ("NULL", "NULL")
+    rows = con.sql(
+        f"SELECT user_id, {ts}, list_transform(features, lambda v: round(v, 6)), prediction, "
+        f"{ip} FROM events ORDER BY ALL"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+@pytest.fixture
+def canonical(archive: Path, tmp_path: Path) -> Path:
+    _audit(tmp_path / "canonical", archive)
+    return tmp_path / "canonical"
+
+
+@pytest.mark.parametrize("batch_share", [0.0, 0.3])
+def test_sagemaker_with_gateway_gives_the_canonical_events(
+    archive: Path, tmp_path: Path, canonical: Path, batch_share: float
+) -> None:
+    export_sagemaker(archive, tmp_path / "x", seed=1, batch_share=batch_share)
+    gateway = str(tmp_path / "x" / "gateway")
+    summary = _audit(tmp_path / "sm", tmp_path / "x" / "sagemaker", "--gateway-logs", gateway)
+    assert summary["rejected"] == {} and summary["unknown_principal_events"] == 0
+    exact = batch_share == 0
+    assert _events(tmp_path / "sm", exact) == _events(canonical, exact)
+
+
+def test_kserve_gives_the_canonical_events_and_dedups_redelivery(
+    archive: Path, tmp_path: Path, canonical: Path
+) -> None:
+    export_kserve(archive, tmp_path / "x", seed=2, batch_share=0.3, redelivered=7)
+    summary = _audit(tmp_path / "ks", tmp_path / "x" / "kserve", "--format", "kserve")
+    assert summary["rejected"] == {} and summary["duplicates"] > 0
+    assert _events(tmp_path / "ks", False) == _events(canonical, False)
+
+
+def test_unmatched_captures_get_the_unknown_principal(archive: Path, tmp_path: Path) -> None:
+    export_sagemaker(archive, tmp_path / "x", seed=3)
+    gateway = sorted((tmp_path / "x" / "gateway").rglob("*"))
+    first_file = next(p for p in gateway if p.is_file())
+    lines = first_file.read_text().splitlines()
+    first_file.write_text("\n".join(lines[10:]) + "\nnot json\n")  # 10 requests lost
+    summary = _audit(
+        tmp_path / "sm",
+        tmp_path / "x" / "sagemaker",
+        "--gateway-logs",
+        str(tmp_path / "x" / "gateway"),
+    )
+    assert summary["unknown_principal_events"] >= 10
+    users = {row[0] for row in _events(tmp_path / "sm")}
+    assert UNKNOWN_PRINCIPAL in users
+
+
+def _cloud_event(kind: str, event_id: str, data: dict, time: str = "2026-11-01T10:00:00Z") -> str:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "time": time,
+            "type": f"org.kubeflow.serving.inference.{kind}",
+            "inferenceservicename": "m",
+            "metadata": {"x-api-key-id": ["key-9"], "X-Forwarded-For": ["203.0.113.9"]},
+            "data": data,
+        }
+    )
+
+
+def test_kserve_pairs_requests_and_quarantines_orphans(tmp_path: Path) -> None:
+    lines = [
+        _cloud_event("request", "a", {"instances": [[1.0, 2.0]]}),
+        _cloud_event("response", "a", {"predictions": [1]}, "2026-11-01T10:00:00.250Z"),
+        _cloud_event("request", "b", {"instances": [[3.0, 4.0], [5.0, 6.0]]}),  # never answered
+        _cloud_event("response", "zzz", {"predictions": [0]}),  # no request
+        json.dumps({"specversion": "1.0", "id": "q", "type": "something.else"}),
+    ]
+    path = tmp_path / "logs" / "dt=2026-11-01" / "k.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    summary = _audit(tmp_path / "out", tmp_path / "logs")
+    assert summary["accepted"] == 3
+    assert summary["rejected"] == {schema.UNPAIRED_RESPONSE: 1, schema.UNMAPPABLE: 1}
+    con = duckdb.connect(str(tmp_path / "out" / "stealwatch.duckdb"), read_only=True)
+    rows = con.sql(
+        "SELECT event_id, user_id, source_ip, status, latency_ms FROM events ORDER BY event_id"
+    ).fetchall()
+    assert rows == [
+        ("a", "key-9", "203.0.113.9", "200", 250.0),
+        ("b:0", "key-9", "203.0.113.9", "no_response", None),
+        ("b:1", "key-9", "203.0.113.9", "no_response", None),
+    ]
+
+
+def test_a_toml_mapping_reads_a_teams_own_logs(tmp_path: Path) -> None:
+    record = {
+        "request": {"id": "r1", "at": "2026-11-01T09:00:00+01:00"},
+        "auth": {"key": "team-key"},
+        "payload": {"x": [1.5, 2.5, 3.5]},
+        "result": {"label": "fraud", "scores": [0.2, 0.8]},
+    }
+    broken = {"request": {"id": "r2"}, "auth": {"key": "k"}, "payload": {"x": "oops"}}
+    path = tmp_path / "logs" / "2026-11-01.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record) + "\n" + json.dumps(broken) + "\n")
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(
+        '[fields]\nevent_id = "$.request.id"\nts = "$.request.at"\nuser_id = "$.auth.key"\n'
+        'features = "$.payload.x"\nprediction = "$.result.label"\n'
+        'probabilities = "$.result.scores"\n'
+    )
+    summary = _audit(tmp_path / "out", tmp_path / "logs", "--mapping", str(mapping))
+    assert summary["accepted"] == 1
+    assert summary["rejected"] == {schema.MISSING_FIELD: 1}  # r2 has no timestamp
+    con = duckdb.connect(str(tmp_path / "out" / "stealwatch.duckdb"), read_only=True)
+    assert con.sql("SELECT user_id, ts::VARCHAR, features, prediction FROM events").fetchall() == [
+        ("team-key", "2026-11-01 08:00:00", [1.5, 2.5, 3.5], "fraud")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not toml [", "cannot read field mapping"),
+        ('[fields]\nevent_id = "$.id"\n', "required fields not mapped: ts, user_id, features"),
+        (
+            '[fields]\nevent_id = "$.id"\nts = "$.t"\nuser_id = "$.u"\nfeatures = "$.f"\n'
+            'colour = "$.c"\n',
+            "unknown fields colour",
+        ),
+    ],
+)
+def test_a_bad_mapping_is_one_line_and_exit_2(
+    archive: Path, tmp_path: Path, capsys, content: str, message: str
+) -> None:
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(content)
+    code = main(
+        ["audit", "--logs", str(archive), "--out", str(tmp_path / "o"), "--mapping", str(mapping)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
