@@ -9,7 +9,7 @@ from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 from reports import data, pages
 
-REPORT_DEPS = ["ingest_summary"]
+REPORT_DEPS = ["ingest_summary", "privacy_audit"]
 
 
 @asset(deps=REPORT_DEPS, group_name="report")

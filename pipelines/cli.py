@@ -17,6 +17,7 @@ from audits.errors import AuditFailed, InputError
 COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.commands.audit",
     "pipelines.commands.investigate",
+    "pipelines.commands.gate",
 )
 
 

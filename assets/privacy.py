@@ -1,0 +1,102 @@
+"""The privacy audit as a Dagster asset, with the release gate as a blocking asset check."""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from pipelines.progress import progress_for
+from pipelines.resources import AuditConfig
+
+GATE_CHECK = "privacy_gate"
+
+
+@asset(
+    group_name="privacy",
+    check_specs=[AssetCheckSpec(GATE_CHECK, asset="privacy_audit", blocking=True)],
+)
+def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> MaterializeResult:
+    """Membership leakage and extraction risk of the served model; the gate blocks on failure."""
+    if not (audit.model and audit.train and audit.holdout):
+        return _skipped()
+    from audits.models import load_served_model
+    from audits.privacy import Thresholds, extraction, run_privacy_audit, write_gate_outputs
+
+    model = load_served_model(audit.model, trust_pickle=audit.trust_pickle)
+    result = run_privacy_audit(
+        model,
+        audit.train,
+        audit.holdout,
+        label_column=audit.label_column,
+        thresholds=Thresholds(),
+        budgets=extraction.DEFAULT_BUDGETS,
+        families=extraction.FAMILIES,
+        progress=progress_for(context),
+    )
+    paths = write_gate_outputs(result, audit.out_path / "privacy")
+    return MaterializeResult(
+        metadata=_metadata(result, paths),
+        check_results=[_gate_result(result)],
+    )
+
+
+def _skipped() -> MaterializeResult:
+    reason = "skipped: needs the model, training data and holdout data"
+    return MaterializeResult(
+        metadata={"status": MetadataValue.text(reason)},
+        check_results=[
+            AssetCheckResult(
+                check_name=GATE_CHECK,
+                passed=True,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"status": MetadataValue.text(reason)},
+            )
+        ],
+    )
+
+
+def _metadata(result: dict, paths: dict) -> dict:
+    rows = "\n".join(
+        f"| {name} | {m['auc']:.3f} | {_fmt(m['tpr_at_1pct_fpr'])} | {m['advantage']:.3f} |"
+        for name, m in result["membership"].items()
+    )
+    table = "| attack | AUC | TPR@1%FPR | advantage |\n|---|---|---|---|\n" + rows
+    return {
+        "passed": MetadataValue.bool(result["passed"]),
+        "membership_auc": MetadataValue.float(result["membership_auc"]),
+        "surrogate_fidelity": MetadataValue.float(result["surrogate_fidelity"]),
+        "target_accuracy": MetadataValue.float(result["target_accuracy"]),
+        "model_sha256": MetadataValue.text(result["model_sha256"]),
+        "membership": MetadataValue.md(table),
+        "report": MetadataValue.path(str(paths["html"])),
+        "json": MetadataValue.path(str(paths["json"])),
+        "junit": MetadataValue.path(str(paths["junit"])),
+    }
+
+
+def _gate_result(result: dict) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=GATE_CHECK,
+        passed=bool(result["passed"]),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            check["name"]: MetadataValue.text(
+                {True: "pass", False: "FAIL", None: "not gated"}[check["passed"]]
+                + ": "
+                + check["detail"]
+            )
+            for check in result["checks"]
+        },
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+privacy_assets = [privacy_audit]

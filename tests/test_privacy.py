@@ -1,0 +1,293 @@
+"""Privacy audit core: data checks, attack scores and metrics, extraction curves, the report."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from audits.errors import InputError
+from audits.models import ServedModel
+from audits.privacy import Thresholds, extraction, membership, run_privacy_audit
+from audits.privacy.data import LabelledSet, load_sets, to_labelled
+from reports.privacy import render_privacy_report
+
+FAST = {"budgets": (100, 300), "families": ("logistic_regression",), "query_budget": 300}
+
+
+def served(estimator, *, label_only: bool = False) -> ServedModel:
+    return ServedModel(
+        path=Path("model.skops"),
+        kind="skops",
+        sha256="0" * 64,
+        n_features_in=estimator.n_features_in_,
+        classes_=estimator.classes_,
+        _predict=estimator.predict,
+        _predict_proba=None if label_only else estimator.predict_proba,
+        estimator=estimator,
+    )
+
+
+def halves(loader):
+    X, y = loader(return_X_y=True)
+    Xa, Xb, ya, yb = train_test_split(X, y, test_size=0.5, random_state=0, stratify=y)
+    return LabelledSet("train", Xa, ya, ()), LabelledSet("holdout", Xb, yb, ())
+
+
+def leaky_forest(train):
+    return RandomForestClassifier(50, bootstrap=False, random_state=0).fit(train.X, train.y)
+
+
+def regularised_logreg(train):
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000))
+    return model.fit(train.X, train.y)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return halves(load_digits)
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    return halves(load_breast_cancer)
+
+
+@pytest.fixture(scope="module")
+def digits_forest_audit(digits):
+    train, holdout = digits
+    return run_privacy_audit(served(leaky_forest(train)), train, holdout, **FAST)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def frame(X, y, names=None) -> pl.DataFrame:
+    names = names or [f"f{i}" for i in range(X.shape[1])]
+    return pl.DataFrame({**{n: X[:, i] for i, n in enumerate(names)}, "label": y})
+
+
+def test_load_sets_parquet_and_csv(tmp_path, cancer):
+    train, holdout = cancer
+    frame(train.X, train.y).write_parquet(tmp_path / "t.parquet")
+    frame(holdout.X, holdout.y).write_csv(tmp_path / "h.csv")
+    a, b = load_sets(
+        tmp_path / "t.parquet",
+        tmp_path / "h.csv",
+        label_column="label",
+        classes=np.array([0, 1]),
+        width=30,
+    )
+    assert len(a) == len(train) and len(b) == len(holdout)
+    np.testing.assert_allclose(b.X, holdout.X)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda f: f.drop("f3"), "29 feature columns but the model takes 30"),
+        (lambda f: f.head(0), "is empty"),
+        (lambda f: f.with_columns(label=pl.lit(7)), "labels the model does not predict: 7"),
+        (lambda f: f.rename({"label": "y"}), "no label column 'label'"),
+        (lambda f: f.with_columns(f0=pl.lit("x")), "non-numeric feature columns: f0"),
+        (lambda f: f.with_columns(f1=pl.lit(None, pl.Float64)), "missing values"),
+    ],
+)
+def test_bad_data_is_one_line_input_error(cancer, change, match):
+    bad = change(frame(cancer[0].X, cancer[0].y))
+    with pytest.raises(InputError, match=match) as info:
+        to_labelled(
+            bad, name="training data", label_column="label", classes=np.array([0, 1]), width=30
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_mismatched_train_holdout_columns(tmp_path, cancer):
+    train, holdout = cancer
+    frame(train.X, train.y).write_parquet(tmp_path / "t.parquet")
+    names = [f"g{i}" for i in range(30)]
+    frame(holdout.X, holdout.y, names).write_parquet(tmp_path / "h.parquet")
+    with pytest.raises(InputError, match="different columns"):
+        load_sets(
+            tmp_path / "t.parquet",
+            tmp_path / "h.parquet",
+            label_column="label",
+            classes=np.array([0, 1]),
+            width=30,
+        )
+
+
+def test_string_labels_map_to_classes():
+    f = pl.DataFrame({"a": [1.0, 2.0], "label": ["cat", "dog"]})
+    data = to_labelled(f, name="t", label_column="label", classes=np.array(["cat", "dog"]), width=1)
+    np.testing.assert_array_equal(data.y, [0, 1])
+
+
+# --- membership ---------------------------------------------------------------------------
+
+
+def test_max_confidence_auc_equals_plain_roc_auc(digits):
+    train, holdout = digits
+    forest = leaky_forest(train)
+    metrics, _ = membership.membership_audit(served(forest), train, holdout, seed=0)
+    sample = membership.balanced_sample(train.X, train.y, holdout.X, holdout.y, 0)
+    plain = roc_auc_score(sample.is_member, forest.predict_proba(sample.X).max(axis=1))
+    assert metrics["max_confidence"]["auc"] == pytest.approx(plain, abs=1e-6)
+    low, high = metrics["max_confidence"]["auc_ci"]
+    assert low <= plain <= high
+
+
+def test_balanced_sample_is_balanced_and_seeded(cancer):
+    train, holdout = cancer
+    big = LabelledSet("t", np.vstack([train.X] * 3), np.concatenate([train.y] * 3), ())
+    a = membership.balanced_sample(big.X, big.y, holdout.X, holdout.y, 1)
+    b = membership.balanced_sample(big.X, big.y, holdout.X, holdout.y, 1)
+    assert a.is_member.sum() == (~a.is_member).sum() == len(holdout)
+    np.testing.assert_array_equal(a.X, b.X)
+
+
+def test_modified_entropy_matches_formula():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    y = np.array([0, 1])
+    expected = []
+    for row, label in zip(p, y, strict=True):
+        py = row[label]
+        mentr = -(1 - py) * math.log(py) - sum(
+            row[i] * math.log(1 - row[i]) for i in range(3) if i != label
+        )
+        expected.append(-mentr)
+    np.testing.assert_allclose(membership.score_modified_entropy(p, y), expected, rtol=1e-9)
+
+
+def test_tpr_at_low_fpr_unresolvable_with_few_non_members():
+    rng = np.random.default_rng(0)
+    is_member = np.repeat([True, False], 150)
+    result = membership.attack_metrics(rng.normal(size=300) + is_member, is_member, 0)
+    assert result["tpr_at_1pct_fpr"] is not None
+    assert result["tpr_at_0_1pct_fpr"] is None
+    assert "1000 non-members" in result["unresolvable"]["tpr_at_0_1pct_fpr"]
+
+
+def test_stronger_attacks_beat_max_confidence_on_leaky_model(digits_forest_audit):
+    m = digits_forest_audit["membership"]
+    assert m["lira_offline"]["auc"] > m["max_confidence"]["auc"]
+    assert m["lira_offline"]["tpr_at_1pct_fpr"] > m["max_confidence"]["tpr_at_1pct_fpr"]
+    assert m["loss"]["auc"] >= m["max_confidence"]["auc"] - 1e-9
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cancer"])
+def test_gate_fails_leaky_forest_and_passes_regularised_logreg(request, dataset):
+    train, holdout = request.getfixturevalue(dataset)
+    thresholds = Thresholds(max_membership_auc=0.6)
+    forest = run_privacy_audit(
+        served(leaky_forest(train)), train, holdout, thresholds=thresholds, **FAST
+    )
+    logreg = run_privacy_audit(
+        served(regularised_logreg(train)), train, holdout, thresholds=thresholds, **FAST
+    )
+    assert not forest["passed"] and forest["membership_auc"] > 0.6
+    assert logreg["passed"] and logreg["membership_auc"] <= 0.6
+
+
+def test_label_only_model_runs_label_only_paths(cancer):
+    train, holdout = cancer
+    svc = make_pipeline(StandardScaler(), SVC()).fit(train.X, train.y)
+    result = run_privacy_audit(served(svc, label_only=True), train, holdout, **FAST)
+    assert list(result["membership"]) == ["label_only"]
+    assert "labels only" in result["membership_info"]["skipped"]["loss"]
+    assert {c["granularity"] for c in result["extraction"]["curves"]} == {"top1_label"}
+    assert result["extraction"]["served_as"] == "top1_label"
+
+
+# --- extraction ---------------------------------------------------------------------------
+
+
+def test_extraction_curves_cover_the_grid(digits_forest_audit):
+    curves = digits_forest_audit["extraction"]["curves"]
+    keys = {(c["source"], c["budget"], c["granularity"]) for c in curves}
+    assert len(keys) == 2 * 2 * 3
+    assert all(0 <= c["fidelity"] <= 1 and 0 <= c["accuracy"] <= 1 for c in curves)
+    natural = [c for c in curves if c["source"] == "natural"]
+    assert all(c["queries"] <= c["budget"] for c in natural)
+
+
+def test_fidelity_grows_with_budget(cancer):
+    train, holdout = cancer
+    model = served(regularised_logreg(train))
+    curves = extraction.extraction_curves(
+        model,
+        holdout,
+        budgets=(10, 1000),
+        families=("logistic_regression",),
+        sources=("uniform_noise",),
+    )
+    fid = {(c["budget"], c["granularity"]): c["fidelity"] for c in curves}
+    assert fid[(1000, "probabilities")] >= fid[(10, "probabilities")]
+    assert fid[(1000, "probabilities")] > 0.9
+
+
+def test_served_output_granularities():
+    proba = np.array([[0.123, 0.877]])
+    np.testing.assert_allclose(
+        extraction.served_output(proba, np.array([1]), "rounded_2dp", 2), [[0.12, 0.88]]
+    )
+    np.testing.assert_array_equal(
+        extraction.served_output(proba, np.array([1]), "top1_label", 2), [[0, 1]]
+    )
+
+
+def test_recommendation_prefers_cheap_fidelity_cut():
+    options = {
+        "probabilities": {"accuracy_cost": 0.0, "fidelity_at_budget": 0.98},
+        "rounded_2dp": {"accuracy_cost": 0.0, "fidelity_at_budget": 0.97},
+        "top1_label": {"accuracy_cost": 0.0, "fidelity_at_budget": 0.90},
+    }
+    assert extraction.recommend(options, "probabilities")["option"] == "top1_label"
+    options["top1_label"]["fidelity_at_budget"] = 0.975
+    options["rounded_2dp"]["fidelity_at_budget"] = 0.978
+    assert extraction.recommend(options, "probabilities")["option"] == "probabilities"
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def test_report_is_self_contained_deterministic_and_escaped(digits_forest_audit):
+    result = {
+        **digits_forest_audit,
+        "model": {**digits_forest_audit["model"], "path": "<script>alert(1)</script>"},
+    }
+    html = render_privacy_report(result)
+    assert html == render_privacy_report(result)
+    assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    assert not re.search(r"""(src|href)=["']?https?:""", html)
+    urls = set(re.findall(r"https?://[^\s\"'<>)]+", html))
+    assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
+    assert html.count("<svg") == 3
+    assert "FAIL" in html and "Recommendation" in html and "@media print" in html
+
+
+def test_onnx_model_audit_skips_lira_with_reason(tmp_path, cancer):
+    from skl2onnx import to_onnx
+
+    from audits.models import load_served_model
+
+    train, holdout = cancer
+    onx = to_onnx(regularised_logreg(train), train.X[:1].astype(np.float32))
+    (tmp_path / "m.onnx").write_bytes(onx.SerializeToString())
+    result = run_privacy_audit(load_served_model(tmp_path / "m.onnx"), train, holdout, **FAST)
+    assert "lira_offline" not in result["membership"]
+    assert "scikit-learn estimator" in result["membership_info"]["skipped"]["lira_offline"]
+    assert result["passed"]
