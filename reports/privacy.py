@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import re
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-TEMPLATES = Path(__file__).parent / "templates"
+from reports.render import SVG_RC, environment, svg_markup, write_atomically
+
 ATTACK_LABELS = {
     "max_confidence": "max confidence",
     "loss": "loss (Yeom)",
@@ -27,27 +25,6 @@ GRANULARITY_LABELS = {
 }
 COLOURS = ("#1b6ca8", "#d1495b", "#e59500", "#3a9d23", "#6a4c93")
 FAMILY_STYLES = {"logistic_regression": "-", "gradient_boosting": "--", "mlp": ":"}
-SVG_RC = {"svg.hashsalt": "stealwatch", "svg.fonttype": "path", "font.size": 9}
-
-
-def _environment() -> Environment:
-    return Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(["html"]),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
-def svg_markup(fig: Figure) -> Markup:
-    """A figure as inline SVG; the markup is built here from numbers, never from log text."""
-    buf = io.StringIO()
-    with matplotlib.rc_context(SVG_RC):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    text = buf.getvalue()
-    text = text[text.index("<svg") :]
-    return Markup(re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S))
 
 
 def roc_chart(roc_curves: dict) -> Markup:
@@ -137,11 +114,11 @@ def report_context(result: dict) -> dict:
 
 def render_privacy_report(result: dict) -> str:
     """The report as one self-contained HTML page."""
-    template = _environment().get_template("privacy_report.html")
+    template = environment().get_template("privacy_report.html")
     return template.render(**report_context(result))
 
 
 def write_privacy_report(result: dict, path: str | Path) -> Path:
     path = Path(path)
-    path.write_text(render_privacy_report(result), encoding="utf-8")
+    write_atomically(path, render_privacy_report(result))
     return path
