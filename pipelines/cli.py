@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -50,5 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script. Every file and connection is closed by the time ``main`` returns;
+    exiting without interpreter finalisation skips a spurious nanobind "leaked instances"
+    report that DuckDB 2.0's bindings print at shutdown when skops has been imported."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
