@@ -2,6 +2,7 @@
 
     python benchmarks/ingest.py                       # simulate >= 2M events, then measure
     python benchmarks/ingest.py --archive PATH/logs   # measure an existing archive
+    python benchmarks/ingest.py --formats             # also SageMaker+gateway and KServe logs
 
 Prints rows/s for stealwatch's ingest (validation, quarantine, dedup, custody), the bare load's
 time, their ratio, and the peak RSS of each, each measured in a fresh process. Peak RSS is also
@@ -35,13 +36,16 @@ _INGEST = """
 import json, resource, sys, time, datetime as dt
 from audits import store
 from audits.catalog import scan_archive
-archive, db, days = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from audits.formats import ReaderOptions, load_gateway
+archive, db, days, gateway = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+start = time.perf_counter()
+reader = ReaderOptions(gateway=load_gateway(gateway)[0] if gateway != "-" else None)
 files, _ = scan_archive(archive)
 all_days = sorted({f.day for f in files})[: days or None]
 con = store.connect(db)
-start = time.perf_counter()
 plan = [(day, [f for f in files if f.day == day]) for day in all_days]
-rows = sum(result.total("rows_read") for result in store.ingest_days(con, plan))
+results = store.ingest_days(con, plan, reader=reader)
+rows = sum(result.total("rows_read") for result in results)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"rows": rows, "seconds": seconds, "peak_mib": peak, "days": len(all_days)}))
@@ -74,6 +78,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--seed", type=int, default=101)
+    parser.add_argument(
+        "--formats",
+        action="store_true",
+        help="also time SageMaker+gateway and KServe logs of the same traffic",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -87,17 +96,51 @@ def main() -> None:
         size = sum(f.stat().st_size for f in files) / 2**20
         print(f"archive: {archive} ({len(files)} files, {size:.0f} MiB gzip)", flush=True)
         bare = _child(_BARE, str(archive), str(work / "bare.duckdb"))
-        ours = _child(_INGEST, str(archive), str(work / "ours.duckdb"), "0")
-        one_day = _child(_INGEST, str(archive), str(work / "one.duckdb"), "1")
+        ours = _child(_INGEST, str(archive), str(work / "ours.duckdb"), "0", "-")
+        one_day = _child(_INGEST, str(archive), str(work / "one.duckdb"), "1", "-")
+        formats = _formats(archive, work) if args.formats else {}
     ratio = ours["seconds"] / bare["seconds"]
     print(f"events (records read): {ours['rows']:,} over {ours['days']} days")
-    print(f"stealwatch ingest: {ours['seconds']:.1f} s, {ours['rows'] / ours['seconds']:,.0f} rows/s, "
-          f"peak RSS {ours['peak_mib']:.0f} MiB")
-    print(f"duckdb bare read_json: {bare['seconds']:.1f} s, {bare['rows'] / bare['seconds']:,.0f} rows/s, "
-          f"peak RSS {bare['peak_mib']:.0f} MiB")
+    print(
+        f"stealwatch ingest: {ours['seconds']:.1f} s, "
+        f"{ours['rows'] / ours['seconds']:,.0f} rows/s, peak RSS {ours['peak_mib']:.0f} MiB"
+    )
+    print(
+        f"duckdb bare read_json: {bare['seconds']:.1f} s, "
+        f"{bare['rows'] / bare['seconds']:,.0f} rows/s, peak RSS {bare['peak_mib']:.0f} MiB"
+    )
     print(f"ratio (stealwatch / bare): {ratio:.2f}  (target <= 1.5)")
-    print(f"peak RSS, first day alone: {one_day['peak_mib']:.0f} MiB "
-          f"({one_day['rows']:,} records) vs whole archive {ours['peak_mib']:.0f} MiB")
+    print(
+        f"peak RSS, first day alone: {one_day['peak_mib']:.0f} MiB "
+        f"({one_day['rows']:,} records) vs whole archive {ours['peak_mib']:.0f} MiB"
+    )
+    for name, result in formats.items():
+        print(
+            f"{name}: {result['rows']:,} events in {result['seconds']:.1f} s, "
+            f"{result['rows'] / result['seconds']:,.0f} events/s, "
+            f"{result['seconds'] / ours['seconds']:.2f}x the canonical ingest (target <= 2)"
+        )
+
+
+def _formats(archive: Path, work: Path) -> dict[str, dict]:
+    """The same traffic as SageMaker capture + gateway logs and as KServe CloudEvents."""
+    from audits.exporters import export_kserve, export_sagemaker
+
+    exported = work / "formats"
+    started = time.perf_counter()
+    export_sagemaker(archive, exported)
+    export_kserve(archive, exported)
+    print(f"exported both formats in {time.perf_counter() - started:.0f} s", flush=True)
+    return {
+        "SageMaker + gateway": _child(
+            _INGEST,
+            str(exported / "sagemaker"),
+            str(work / "sm.duckdb"),
+            "0",
+            str(exported / "gateway"),
+        ),
+        "KServe": _child(_INGEST, str(exported / "kserve"), str(work / "ks.duckdb"), "0", "-"),
+    }
 
 
 if __name__ == "__main__":
