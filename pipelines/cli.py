@@ -16,6 +16,7 @@ import warnings
 from audits.errors import AuditFailed, InputError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "pipelines.commands.simulate",
     "pipelines.commands.audit",
     "pipelines.commands.investigate",
     "pipelines.commands.gate",

@@ -162,3 +162,37 @@ def test_a_bad_mapping_is_one_line_and_exit_2(
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_simulated_traffic_reads_the_same_in_every_format(tmp_path: Path, capsys) -> None:
+    sim = tmp_path / "sim"
+    args = [
+        "simulate",
+        "--out",
+        str(sim),
+        "--seed",
+        "31",
+        "--days",
+        "1",
+        "--users",
+        "40",
+        "--formats",
+        "sagemaker,kserve",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "kserve" in capsys.readouterr().out
+    model = ["--model", str(sim / "model.skops")]
+    _audit(tmp_path / "canonical", sim / "logs", *model)
+    sm = _audit(tmp_path / "sm", sim / "sagemaker", "--gateway-logs", str(sim / "gateway"), *model)
+    ks = _audit(tmp_path / "ks", sim / "kserve", *model)
+    assert sm["rejected"] == ks["rejected"] == {}
+    assert sm["unknown_principal_events"] == 0
+    expected = _events(tmp_path / "canonical", False)
+    assert _events(tmp_path / "sm", False) == expected
+    assert _events(tmp_path / "ks", False) == expected
+
+
+def test_unknown_export_format_is_exit_2(tmp_path: Path, capsys) -> None:
+    code = main(["simulate", "--out", str(tmp_path / "s"), "--formats", "azure"])
+    assert code == 2 and "unknown azure" in capsys.readouterr().err
