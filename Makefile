@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/stealwatch simulate --out $(DEMO_DIR)/archive --seed 7 --days 3 --users 300
-	$(VENV)/bin/stealwatch audit --logs $(DEMO_DIR)/archive/logs --model $(DEMO_DIR)/archive/model.skops \
+	$(VENV)/bin/stealwatch simulate --out $(DEMO_DIR)/archive --seed 7 --days 3 --users 300 --faults
+	$(VENV)/bin/stealwatch audit --logs $(DEMO_DIR)/archive/logs \
+		--model $(DEMO_DIR)/archive/model.skops --reference $(DEMO_DIR)/archive/reference.parquet \
+		--train $(DEMO_DIR)/archive/train.parquet --holdout $(DEMO_DIR)/archive/holdout.parquet \
 		--out $(DEMO_DIR)/audit
 
 test: install
