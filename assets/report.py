@@ -9,7 +9,7 @@ from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 from reports import data, pages
 
-REPORT_DEPS = ["ingest_summary", "privacy_audit"]
+REPORT_DEPS = ["ingest_summary", "user_scores", "incidents", "privacy_audit"]
 
 
 @asset(deps=REPORT_DEPS, group_name="report")
@@ -36,7 +36,7 @@ def report(
 
 
 def _incident_pages(con: duckdb_module.DuckDBPyConnection, window, out, say) -> int:
-    scores = data.load_scores(out, con)
+    scores = data.load_scores(out, con, window)
     incidents = data.incidents(con, window)
     for number, incident in enumerate(incidents, 1):
         say(f"incident page {number}/{len(incidents)}: {incident['incident_id']}")

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.commands.simulate",
     "pipelines.commands.audit",
     "pipelines.commands.investigate",
+    "pipelines.commands.evaluate",
     "pipelines.commands.gate",
 )
 

@@ -42,20 +42,33 @@ class Scores:
 
     @property
     def detectors(self) -> list[str]:
-        return [c.removeprefix("score_") for c in self.frame.columns if c.startswith("score_")]
+        names = [c.removeprefix("score_") for c in self.frame.columns if c.startswith("score_")]
+        return [name for name in names if name != "group"]  # the Sybil group's pooled score
 
 
 def load_scores(
-    out_dir: Path | None, con: duckdb.DuckDBPyConnection | None = None
+    out_dir: Path | None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    window: Window | None = None,
 ) -> Scores | None:
-    """Per-user scores from ``OUT/user_scores.parquet``, else from the ``user_scores`` table."""
+    """Per-user scores from ``OUT/user_scores.parquet``, else from the ``user_scores`` table:
+    the scored window that best covers ``window`` (the latest one overlapping it)."""
     path = None if out_dir is None else out_dir / "user_scores.parquet"
     if path is not None and path.exists():
         frame = pl.read_parquet(path)
     elif con is not None and has_table(con, "user_scores"):
-        frame = con.sql("SELECT * FROM user_scores").pl()
+        scored = scored_window(con, "user_scores", window)
+        if scored is None:
+            return None
+        frame = con.sql(
+            "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
+            "WHERE window_start = ? AND window_end = ?",
+            params=list(scored),
+        ).pl()
     else:
         return None
+    if "threshold" not in frame.columns and con is not None and has_table(con, "score_groups"):
+        frame = frame.with_columns(threshold=pl.lit(_group_threshold(con, window)))
     if "threshold" in frame.columns and frame.height:
         threshold = float(frame["threshold"][0])
     elif frame.height and frame["flagged"].any():
@@ -63,6 +76,30 @@ def load_scores(
     else:
         threshold = None
     return Scores(frame.sort("score", descending=True), threshold)
+
+
+def scored_window(
+    con: duckdb.DuckDBPyConnection, table: str, window: Window | None
+) -> Window | None:
+    """The latest scored window in ``table`` that overlaps ``window`` (any when ``None``)."""
+    start, end = window or (dt.date.min, dt.date.max)
+    rows = con.sql(
+        f"SELECT window_start, window_end FROM {table} WHERE window_start <= ? "
+        "AND window_end >= ? GROUP BY ALL ORDER BY window_end DESC, window_start LIMIT 1",
+        params=[end, start],
+    ).fetchall()
+    return rows[0] if rows else None
+
+
+def _group_threshold(con: duckdb.DuckDBPyConnection, window: Window | None) -> float | None:
+    scored = scored_window(con, "score_groups", window)
+    if scored is None:
+        return None
+    rows = con.sql(
+        "SELECT max(threshold) FROM score_groups WHERE window_start = ? AND window_end = ?",
+        params=list(scored),
+    ).fetchall()
+    return rows[0][0]
 
 
 def ingest_health(con: duckdb.DuckDBPyConnection, window: Window) -> dict:
@@ -122,11 +159,14 @@ def hourly_activity(
 def incidents(con: duckdb.DuckDBPyConnection, window: Window) -> list[dict]:
     if not has_table(con, "incidents"):
         return []
+    scored = scored_window(con, "incidents", window)
+    if scored is None:
+        return []
     rows = _rows(
         con,
-        "SELECT * FROM incidents WHERE last_seen >= ? AND first_seen < ? + INTERVAL 1 DAY "
-        "ORDER BY score DESC, incident_id",
-        list(window),
+        "SELECT * EXCLUDE (window_start, window_end) FROM incidents "
+        "WHERE window_start = ? AND window_end = ? ORDER BY score DESC, incident_id",
+        list(scored),
     )
     for row in rows:
         row["evidence"] = _json_list(row.get("evidence"))
@@ -183,12 +223,19 @@ def margins(probabilities: pl.Series) -> np.ndarray:
 
 
 def feature_percentiles(
-    con: duckdb.DuckDBPyConnection, users: list[str], limit: int = 10
+    con: duckdb.DuckDBPyConnection, users: list[str], window: Window, limit: int = 10
 ) -> list[dict]:
     """The subject's behaviour features that stand out most, as population percentiles."""
     if not has_table(con, "user_features"):
         return []
-    frame = con.sql("SELECT * FROM user_features").pl()
+    scored = scored_window(con, "user_features", window)
+    if scored is None:
+        return []
+    frame = con.sql(
+        "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
+        "WHERE window_start = ? AND window_end = ?",
+        params=list(scored),
+    ).pl()
     if "user_id" not in frame.columns:
         return []
     numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c != "user_id"]
@@ -201,9 +248,9 @@ def feature_percentiles(
         value = mine[column].mean()
         if value is None or not len(values) or not np.isfinite(value):
             continue
-        pct = float((values < value).mean() + 0.5 * (values == value).mean())
+        pct = 100.0 * float((values < value).mean() + 0.5 * (values == value).mean())
         rows.append({"feature": column, "value": float(value), "population_percentile": pct})
-    rows.sort(key=lambda r: (-abs(r["population_percentile"] - 0.5), r["feature"]))
+    rows.sort(key=lambda r: (-abs(r["population_percentile"] - 50.0), r["feature"]))
     return rows[:limit]
 
 

@@ -29,7 +29,7 @@ def page_name(identifier: str, prefix: str = "") -> str:
 
 
 def write_overview(con: duckdb.DuckDBPyConnection, window: d.Window, out_dir: Path) -> Path:
-    scores = d.load_scores(out_dir)
+    scores = d.load_scores(out_dir, con, window)
     incidents = d.incidents(con, window)
     for incident in incidents:
         incident["page"] = "incidents/" + page_name(str(incident["incident_id"]))
@@ -106,7 +106,7 @@ def write_subject_page(
         "users": users,
         "incident": incident,
         "summary": _subject_summary(events),
-        "evidence": (incident or {}).get("evidence") or d.feature_percentiles(con, users),
+        "evidence": (incident or {}).get("evidence") or d.feature_percentiles(con, users, window),
         "score_rows": score_rows,
         "detectors": [] if scores is None else scores.detectors,
         "threshold": None if scores is None else scores.threshold,

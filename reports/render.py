@@ -29,6 +29,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["num"] = _number
+    env.filters["when"] = _when
     env.filters["pct"] = lambda value, digits=1: "–" if value is None else f"{value:.{digits}%}"
     return env
 
@@ -39,6 +40,13 @@ def _number(value, digits: int = 0) -> str:
     if isinstance(value, float) and digits:
         return f"{value:,.{digits}f}"
     return f"{value:,.0f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _when(value) -> str:
+    """A UTC timestamp to the second."""
+    if value is None:
+        return "–"
+    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else str(value)
 
 
 def svg_markup(fig: Figure) -> Markup:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         out / pages.page_name(args.user, prefix="user-"),
         users=[args.user],
         title=f"Investigation: {args.user}",
-        scores=data.load_scores(None, con),
+        scores=data.load_scores(None, con, window),
     )
     print(path)
     if not pages.has_events(con, [args.user], window):

@@ -1,0 +1,256 @@
+"""Detection assets: per-user features, user scores (with Sybil groups) and incidents.
+
+Thin wrappers over :mod:`audits.features` and :mod:`audits.scoring`: each reads the audit
+window's events from DuckDB, writes its table (replacing that window's rows; every log-derived
+value reaches SQL as a bound parameter or a registered frame, never as SQL text) and reports
+metadata.
+"""
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from audits.errors import InputError
+from audits.features import FEATURE_COLUMNS, population_reference
+from audits.features import user_features as compute_features
+from audits.scoring import INCIDENTS_SCHEMA, USER_SCORES_SCHEMA, audit_scores, build_incidents
+from pipelines.resources import AuditConfig
+from pipelines.window import audit_window
+
+POOL = "duckdb_writer"
+EVENT_COLUMNS = (
+    "event_id, ts, day, user_id, session_id, source_ip, features, prediction, probabilities"
+)
+
+USER_FEATURES_DDL = (
+    "CREATE TABLE IF NOT EXISTS user_features (window_start DATE NOT NULL, "
+    "window_end DATE NOT NULL, user_id VARCHAR NOT NULL, "
+    + ", ".join(f"{c} DOUBLE" for c in FEATURE_COLUMNS)
+    + ")"
+)
+USER_SCORES_DDL = """
+CREATE TABLE IF NOT EXISTS user_scores (
+    window_start DATE NOT NULL, window_end DATE NOT NULL,
+    user_id VARCHAR NOT NULL, score DOUBLE, flagged BOOLEAN, n_events BIGINT,
+    score_extraction DOUBLE, score_entropy DOUBLE, score_iforest DOUBLE, score_lof DOUBLE,
+    score_ocsvm DOUBLE, score_autoencoder DOUBLE, score_group DOUBLE,
+    group_id VARCHAR, est_fidelity DOUBLE, first_cross_n BIGINT
+)
+"""
+SCORE_GROUPS_DDL = """
+CREATE TABLE IF NOT EXISTS score_groups (
+    window_start DATE NOT NULL, window_end DATE NOT NULL,
+    group_id VARCHAR NOT NULL, members VARCHAR[], score DOUBLE, flagged BOOLEAN,
+    threshold DOUBLE, threshold_method VARCHAR
+)
+"""
+INCIDENTS_DDL = """
+CREATE TABLE IF NOT EXISTS incidents (
+    window_start DATE NOT NULL, window_end DATE NOT NULL,
+    incident_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, subject VARCHAR NOT NULL,
+    members VARCHAR[], severity VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP,
+    n_events BIGINT, score DOUBLE, evidence VARCHAR
+)
+"""
+
+
+def load_reference(audit: AuditConfig) -> np.ndarray | None:
+    """The ``--reference`` inputs as a matrix (numeric columns, the label column dropped)."""
+    if not audit.reference:
+        return None
+    path = Path(audit.reference)
+    if not path.exists():
+        raise InputError(f"reference data not found: {path}")
+    try:
+        frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise InputError(f"cannot read reference data {path}: {exc}") from None
+    numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c != audit.label_column]
+    if not numeric:
+        raise InputError(f"reference data {path} has no numeric columns")
+    return frame.select(numeric).to_numpy().astype(np.float64)
+
+
+def window_events(con, window: tuple[dt.date, dt.date]) -> pl.DataFrame:
+    start, end = window
+    return con.sql(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE day BETWEEN ? AND ? "
+        "ORDER BY user_id, ts, event_id",
+        params=[start, end],
+    ).pl()
+
+
+def _replace(con, table: str, ddl: str, frame: pl.DataFrame, window) -> None:
+    con.execute(ddl)
+    con.execute(f"DELETE FROM {table} WHERE window_start = ? AND window_end = ?", list(window))
+    staged = frame.select(
+        pl.lit(window[0]).alias("window_start"), pl.lit(window[1]).alias("window_end"), pl.all()
+    )
+    con.register("_staged", staged.to_arrow())
+    try:
+        columns = ", ".join(staged.columns)
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _staged")
+    finally:
+        con.unregister("_staged")
+
+
+def _preview(frame: pl.DataFrame, rows: int = 10) -> MetadataValue:
+    try:
+        return MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False))
+    except Exception:  # noqa: BLE001 - tabulate may be missing: plain text then
+        return MetadataValue.md("```\n" + str(frame.head(rows)) + "\n```")
+
+
+def _window_or_empty(context, audit, con):
+    window = audit_window(context, audit, con)
+    if window is None:
+        context.log.info("no events: nothing to score")
+    return window
+
+
+@asset(deps=["events"], pool=POOL, group_name="detection")
+def user_features(
+    context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
+) -> MaterializeResult:
+    """One row per user of the audit window: volume, timing, query, geometry, distribution,
+    response and repetition features."""
+    reference = load_reference(audit)
+    with duckdb.get_connection() as con:
+        window = _window_or_empty(context, audit, con)
+        if window is None:
+            return MaterializeResult(metadata={"rows": 0})
+        events = window_events(con, window)
+        features = compute_features(events, reference)
+        _replace(con, "user_features", USER_FEATURES_DDL, features, window)
+    return MaterializeResult(
+        metadata={
+            "rows": features.height,
+            "events": events.height,
+            "window": f"{window[0]}..{window[1]}",
+            "preview": _preview(features.select("user_id", *FEATURE_COLUMNS[:6])),
+        }
+    )
+
+
+@asset(deps=["events", "user_features"], pool=POOL, group_name="detection")
+def user_scores(
+    context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
+) -> MaterializeResult:
+    """Every detector's score, the combined score, its threshold and the flag, per user;
+    Sybil groups scored on their pooled traffic. Also ``OUT/user_scores.parquet``."""
+    reference = load_reference(audit)
+    with duckdb.get_connection() as con:
+        window = _window_or_empty(context, audit, con)
+        if window is None:
+            pl.DataFrame(schema=USER_SCORES_SCHEMA).write_parquet(
+                audit.out_path / "user_scores.parquet"
+            )
+            return MaterializeResult(metadata={"rows": 0, "flagged": 0})
+        events = window_events(con, window)
+        features = con.sql(
+            "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
+            "WHERE window_start = ? AND window_end = ?",
+            params=list(window),
+        ).pl()
+        if features.height == 0:
+            features = None
+        if reference is None and events.height:
+            reference = population_reference(events)
+        _, scores, summary = audit_scores(events, reference, features=features)
+        _replace(con, "user_scores", USER_SCORES_DDL, scores, window)
+        groups = summary["groups"].with_columns(
+            pl.lit(summary["threshold"]).alias("threshold"),
+            pl.lit(summary["threshold_method"]).alias("threshold_method"),
+        )
+        _replace(con, "score_groups", SCORE_GROUPS_DDL, groups, window)
+    path = audit.out_path / "user_scores.parquet"
+    scores.write_parquet(path)
+    flagged = scores.filter(pl.col("flagged"))
+    return MaterializeResult(
+        metadata={
+            "rows": scores.height,
+            "flagged": flagged.height,
+            "threshold": float(summary["threshold"]),
+            "threshold_method": summary["threshold_method"],
+            "groups": groups.height,
+            "flagged_groups": int(groups["flagged"].sum()) if groups.height else 0,
+            "path": str(path),
+            "preview": _preview(
+                scores.sort("score", descending=True).select(
+                    "user_id", "score", "flagged", "n_events", "score_extraction", "group_id"
+                )
+            ),
+        }
+    )
+
+
+@asset(deps=["events", "user_features", "user_scores"], pool=POOL, group_name="detection")
+def incidents(
+    context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
+) -> MaterializeResult:
+    """Flagged users and Sybil groups as incidents with a stable id, severity, first / last
+    seen, volume and the evidence (features that stand out vs the population)."""
+    with duckdb.get_connection() as con:
+        window = _window_or_empty(context, audit, con)
+        if window is None:
+            return MaterializeResult(metadata={"rows": 0})
+        params = list(window)
+        events = window_events(con, window)
+        features = con.sql(
+            "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
+            "WHERE window_start = ? AND window_end = ?",
+            params=params,
+        ).pl()
+        scores = con.sql(
+            "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
+            "WHERE window_start = ? AND window_end = ?",
+            params=params,
+        ).pl()
+        con.execute(SCORE_GROUPS_DDL)
+        groups = con.sql(
+            "SELECT * EXCLUDE (window_start, window_end) FROM score_groups "
+            "WHERE window_start = ? AND window_end = ?",
+            params=params,
+        ).pl()
+        threshold = (
+            float(groups["threshold"][0])
+            if groups.height
+            else float(scores.filter(pl.col("flagged"))["score"].min() or np.inf)
+        )
+        group_feats = None
+        flagged_groups = groups.filter(pl.col("flagged")) if groups.height else groups
+        if flagged_groups.height:
+            from audits.scoring import group_features
+
+            members = (
+                flagged_groups.select("group_id", "members")
+                .explode("members")
+                .rename({"members": "user_id"})
+            )
+            reference = load_reference(audit)
+            if reference is None:
+                reference = population_reference(events)
+            group_feats = group_features(events, members, reference)
+        summary = {"threshold": threshold, "groups": groups, "group_features": group_feats}
+        table = (
+            build_incidents(events, features, scores, summary)
+            if scores.height
+            else (pl.DataFrame(schema=INCIDENTS_SCHEMA))
+        )
+        _replace(con, "incidents", INCIDENTS_DDL, table, window)
+    return MaterializeResult(
+        metadata={
+            "rows": table.height,
+            "groups": int((table["kind"] == "group").sum()) if table.height else 0,
+            "preview": _preview(
+                table.select("incident_id", "kind", "subject", "severity", "n_events", "score")
+            ),
+        }
+    )
+
+
+detection_assets = [user_features, user_scores, incidents]

@@ -1,0 +1,207 @@
+"""Scoring user-level detection against a simulated archive's ground truth.
+
+``evaluate(scores, truth)`` compares ``user_scores`` (one row per user: ``score``, ``flagged``,
+``n_events``, optionally ``first_cross_n`` = the number of queries after which the user's running
+score first crossed the threshold) with ``truth.json`` and returns plain JSON-able figures.
+``events_from_archive`` reads a canonical JSONL archive into an events frame (tests and
+benchmarks use it in place of the ingest stage).
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import roc_auc_score, roc_curve
+
+PRECISION_AT = (10, 25, 50)
+
+
+def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> float:
+    """The highest TPR whose FPR does not exceed ``fpr`` (ties kept together)."""
+    f, t, _ = roc_curve(y, s)
+    ok = f <= fpr + 1e-12
+    return float(t[ok].max()) if ok.any() else 0.0
+
+
+def evaluate(
+    scores: pl.DataFrame, truth: dict, *, precision_at: Iterable[int] = PRECISION_AT
+) -> dict:
+    """ROC AUC, TPR at 1% FPR, precision@k, recall per attack family (of the flagged users),
+    flagged TPR/FPR, benign kinds flagged, and detection delay in queries."""
+    truth_users = pl.DataFrame(
+        [
+            {"user_id": u["user_id"], "role": u["role"], "kind": u["kind"]}
+            for u in truth.get("users", [])
+        ],
+        schema={"user_id": pl.String, "role": pl.String, "kind": pl.String},
+    )
+    if truth_users.height == 0:
+        raise ValueError("the truth lists no users")
+    for col in ("user_id", "score", "flagged"):
+        if col not in scores.columns:
+            raise ValueError(f"the scores have no {col!r} column")
+    j = truth_users.join(scores, on="user_id", how="inner")
+    if j.height == 0:
+        raise ValueError("no user of the scores appears in the truth")
+    y = (j["role"] == "attacker").to_numpy()
+    s = j["score"].fill_null(-np.inf).to_numpy().astype(np.float64)
+    s = np.where(np.isfinite(s), s, np.nanmin(s[np.isfinite(s)]) - 1 if np.isfinite(s).any() else 0)
+    flagged = j["flagged"].fill_null(False).to_numpy()
+    out: dict = {
+        "users": int(j.height),
+        "attackers": int(y.sum()),
+        "benign": int((~y).sum()),
+        "unscored_truth_users": int(truth_users.height - j.height),
+    }
+    both = 0 < y.sum() < len(y)
+    out["roc_auc"] = float(roc_auc_score(y, s)) if both else None
+    out["tpr_at_1pct_fpr"] = tpr_at_fpr(y, s, 0.01) if both else None
+    order = np.argsort(-s, kind="stable")
+    out["precision_at_k"] = {
+        str(k): float(y[order[:k]].mean()) for k in precision_at if k <= len(y)
+    }
+    out["flagged"] = int(flagged.sum())
+    out["flagged_tpr"] = float(flagged[y].mean()) if y.any() else None
+    out["flagged_fpr"] = float(flagged[~y].mean()) if (~y).any() else None
+    kinds = j["kind"].to_numpy()
+    out["recall_per_family"] = {
+        k: float(flagged[(kinds == k) & y].mean()) for k in sorted(set(kinds[y]))
+    }
+    out["benign_flagged_per_kind"] = {
+        k: int(flagged[(kinds == k) & ~y].sum()) for k in sorted(set(kinds[~y]))
+    }
+    if "first_cross_n" in j.columns:
+        delay = j.filter(pl.col("role") == "attacker")["first_cross_n"].drop_nulls()
+        out["detection_delay_queries"] = {
+            "median": float(delay.median()) if delay.len() else None,
+            "p90": float(delay.quantile(0.9)) if delay.len() else None,
+            "detected": int(delay.len()),
+        }
+    return out
+
+
+def events_from_archive(logs: str | Path, days: Iterable[str] | None = None) -> pl.DataFrame:
+    """A canonical JSONL(.gz) archive (``logs/dt=YYYY-MM-DD/*.jsonl.gz``) as an events frame:
+    ``ts`` naive UTC, ``day`` its date, ``prediction`` as text."""
+    root = Path(logs)
+    pattern = str(root / "dt=*" / "*.jsonl*") if root.is_dir() else str(root)
+    files = sorted(glob.glob(pattern))
+    if days is not None:
+        wanted = set(days)
+        files = [f for f in files if Path(f).parent.name.removeprefix("dt=") in wanted]
+    if not files:
+        raise FileNotFoundError(f"no JSONL files under {logs}")
+    schema = {
+        "event_id": pl.String,
+        "ts": pl.String,
+        "user_id": pl.String,
+        "session_id": pl.String,
+        "source_ip": pl.String,
+        "model_id": pl.String,
+        "model_version": pl.String,
+        "features": pl.List(pl.Float64),
+        "prediction": pl.Int64,
+        "probabilities": pl.List(pl.Float64),
+        "status": pl.String,
+        "latency_ms": pl.Float64,
+    }
+    frames = [pl.read_ndjson(f, schema=schema) for f in files]
+    df = pl.concat(frames)
+    ts = pl.col("ts").str.to_datetime(time_zone="UTC", time_unit="us").dt.replace_time_zone(None)
+    return df.with_columns(ts.alias("ts"), pl.col("prediction").cast(pl.String)).with_columns(
+        pl.col("ts").dt.date().alias("day")
+    )
+
+
+def toy_events(
+    seed: int = 0,
+    *,
+    benign: int = 40,
+    attackers: int = 3,
+    sybil_keys: int = 3,
+    days: int = 2,
+    width: int = 6,
+) -> tuple[pl.DataFrame, np.ndarray, dict]:
+    """A small synthetic window for tests: benign users querying their own slice of a
+    low-dimensional data manifold (some re-sending earlier rows), one nightly re-scorer,
+    uniform-probing attackers and a Sybil group on one /24. Returns (events, reference, truth)."""
+    import datetime as dt
+
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(2, width))
+    W = rng.normal(size=(width, 3))
+
+    def natural(n: int, center: np.ndarray, spread: float) -> np.ndarray:
+        z = center + spread * rng.normal(size=(n, 2))
+        return np.round(z @ mixing + 0.05 * rng.normal(size=(n, width)), 4)
+
+    reference = natural(2000, np.zeros(2), 1.0)
+    lo, hi = reference.min(axis=0), reference.max(axis=0)
+    t0 = dt.datetime(2026, 11, 1)
+    rows: list[dict] = []
+    users: list[dict] = []
+
+    def emit(
+        user: str, ip: str, day: int, x: np.ndarray, start_s: float, gap_s: float, jitter: float
+    ) -> None:
+        t = start_s + np.cumsum(gap_s * rng.lognormal(0.0, jitter, len(x)))
+        for k in range(len(x)):
+            rows.append(
+                {
+                    "user_id": user,
+                    "source_ip": ip,
+                    "ts": t0 + dt.timedelta(days=day, seconds=float(t[k])),
+                    "features": x[k].tolist(),
+                }
+            )
+
+    for i in range(benign):
+        uid, ip = f"benign-{i:03d}", f"10.{i}.1.{i % 200 + 2}"
+        center, history = rng.normal(size=2), []
+        for day in range(days):
+            x = natural(int(rng.integers(20, 120)), center, 0.3)
+            if history:
+                again = rng.random(len(x)) < 0.2
+                old = np.concatenate(history)
+                x[again] = old[rng.integers(len(old), size=int(again.sum()))]
+            history.append(x)
+            emit(uid, ip, day, x, 9 * 3600 + rng.uniform(0, 3600), 20.0, 1.0)
+        users.append({"user_id": uid, "role": "benign", "kind": "regular", "group": None})
+    book = natural(400, rng.normal(size=2), 0.5)
+    for day in range(days):
+        emit("batch-000", "10.200.1.2", day, book, 2 * 3600, 0.1, 0.01)
+    users.append(
+        {"user_id": "batch-000", "role": "benign", "kind": "batch_rescoring", "group": None}
+    )
+    for i in range(attackers):
+        uid = f"attacker-{i:02d}"
+        for day in range(days):
+            x = np.round(rng.uniform(lo, hi, size=(300, width)), 4)
+            emit(uid, f"172.16.{i}.9", day, x, 3600 * rng.uniform(0, 20), 2.0, 0.05)
+        users.append({"user_id": uid, "role": "attacker", "kind": "uniform", "group": None})
+    for i in range(sybil_keys):
+        uid = f"sybil-{i:02d}"
+        for day in range(days):
+            x = np.round(rng.uniform(lo, hi, size=(40, width)), 4)
+            emit(uid, f"203.0.113.{i + 10}", day, x, 4 * 3600, 5.0, 0.05)
+        users.append({"user_id": uid, "role": "attacker", "kind": "sybil", "group": "sybil-1"})
+    df = pl.DataFrame(rows).with_columns(pl.col("features").cast(pl.List(pl.Float64)))
+    X = np.asarray(df["features"].to_list())
+    logits = X @ W
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    df = df.with_columns(
+        pl.Series("probabilities", np.round(p, 6).tolist(), dtype=pl.List(pl.Float64)),
+        pl.Series("prediction", p.argmax(axis=1).astype(str)),
+        pl.lit(None, pl.String).alias("session_id"),
+        pl.col("ts").dt.date().alias("day"),
+    ).sort("ts", "user_id")
+    df = df.with_columns(
+        pl.format("evt-{}", pl.int_range(pl.len())).alias("event_id"),
+        pl.col("ts").cast(pl.Datetime("us")),
+    )
+    return df, reference, {"users": users}

@@ -1,0 +1,535 @@
+"""Per-user behavioural features over the events table (Polars + NumPy; no orchestration).
+
+Every feature is computed per user over the audited window, from per-event, per-session and
+per-user-day building blocks:
+
+* volume and timing: counts, rate, inter-arrival mean / CV / burstiness, active hours, sessions
+  (``session_id`` when logged, else a 30-minute inactivity gap) and their lengths, regularity;
+* query statistics: mean, spread, range, quantiles, skewness, kurtosis, normality of the user's
+  queries in units of the reference distribution;
+* geometry: PRADA-style minimum distance of each query to the user's earlier (distinct) queries,
+  their Shapiro-Wilk W, the near-duplicate rate and the one-feature-changed rate;
+* distribution: distance of the queries from the reference data (``--reference`` when given,
+  else a sample of the archive's own population), off-manifold residual, share outside the
+  observed ranges, coverage of the input space;
+* responses: entropy and balance of the predicted classes, share of low-margin answers,
+  confidence distribution;
+* repetition: share of queries the user already sent on an earlier day (a benign habit), and
+  exact repeats within a day.
+
+Cost bounds (documented, deterministic): the geometric features look at no more than
+``PRADA_TARGETS`` distinct queries per user (evenly spaced in time) against at most
+``PRADA_HISTORY`` earlier distinct queries (the most recent ones), so a user costs
+O(PRADA_TARGETS x PRADA_HISTORY x d) whatever their volume; distribution features use at most
+``DIST_SAMPLE`` queries per user against a reference sample of at most ``REFERENCE_ROWS`` rows.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import polars as pl
+from scipy import stats
+from scipy.spatial import cKDTree
+
+SESSION_GAP_S = 30 * 60
+PRADA_TARGETS = 400
+PRADA_HISTORY = 3000
+DIST_SAMPLE = 400
+REFERENCE_ROWS = 5000
+COVERAGE_CELLS = 64
+COVERAGE_SAMPLE = 64
+NEAR_DUP_RATIO = 0.1  # near-duplicate: nearer to an earlier query than 10% of the user's
+# typical distance between two of their own queries (relative, so a dense slice is not "steps")
+LOW_MARGIN = 0.2  # top-1 minus top-2 probability below which an answer is low-margin
+MANIFOLD_VARIANCE = 0.95  # principal components of the reference kept as "the data manifold"
+
+FEATURE_COLUMNS: tuple[str, ...] = (
+    # volume and timing
+    "n_events",
+    "n_days",
+    "events_per_day",
+    "max_day_events",
+    "rate_per_hour",
+    "gap_mean_s",
+    "gap_cv",
+    "burstiness",
+    "active_hours",
+    "hour_entropy",
+    "n_sessions",
+    "session_len_mean",
+    "session_len_max",
+    "session_dur_mean_s",
+    "regularity",
+    # query statistics (standardised by the reference)
+    "q_mean_abs",
+    "q_std_ratio",
+    "q_min",
+    "q_max",
+    "q_iqr_ratio",
+    "q_skew_abs",
+    "q_kurt",
+    "q_normality",
+    # geometry
+    "prada_min_dist_median",
+    "step_ratio",
+    "prada_w",
+    "near_dup_rate",
+    "one_feature_changed_rate",
+    # distribution
+    "ref_nn_dist",
+    "ref_mean_shift",
+    "manifold_residual",
+    "out_of_range_share",
+    "coverage",
+    "cell_entropy",
+    # responses
+    "class_entropy",
+    "class_balance",
+    "low_margin_share",
+    "conf_mean",
+    "conf_std",
+    "conf_p10",
+    # repetition
+    "cross_day_repeat_share",
+    "within_day_repeat_share",
+    "unique_share",
+)
+
+
+class Reference:
+    """The reference distribution of legitimate inputs, prepared once per audit."""
+
+    def __init__(self, X: np.ndarray, seed: int = 0) -> None:
+        X = np.asarray(X, dtype=np.float64)
+        X = X[np.isfinite(X).all(axis=1)]
+        if len(X) < 2:
+            raise ValueError("the reference needs at least two finite rows")
+        rng = np.random.default_rng(seed)
+        if len(X) > REFERENCE_ROWS:
+            X = X[rng.choice(len(X), REFERENCE_ROWS, replace=False)]
+        self.mean = X.mean(axis=0)
+        std = X.std(axis=0)
+        self.std = np.where(std > 0, std, 1.0)
+        self.lo = X.min(axis=0)
+        self.hi = X.max(axis=0)
+        Z = self.standardise(X)
+        self.Z = Z
+        self.tree = cKDTree(Z)
+        # typical distance of a reference row to its nearest other reference row
+        d, _ = self.tree.query(Z[: min(len(Z), 1000)], k=2)
+        self.nn_scale = float(np.median(d[:, 1])) or 1.0
+        _, s, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+        share = np.cumsum(s**2) / max(float(np.sum(s**2)), 1e-12)
+        k = int(np.searchsorted(share, MANIFOLD_VARIANCE) + 1)
+        self.components = vt[: min(k, Z.shape[1])]
+        self.center = Z.mean(axis=0)
+        res = self.residual(Z[: min(len(Z), 2000)])
+        self.residual_scale = float(np.median(res)) or 1.0
+        self.cells = _kmeans(Z, min(COVERAGE_CELLS, len(Z)), rng)
+
+    @property
+    def width(self) -> int:
+        return len(self.mean)
+
+    def standardise(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean) / self.std
+
+    def residual(self, Z: np.ndarray) -> np.ndarray:
+        """Distance of standardised rows from the reference's principal subspace."""
+        C = Z - self.center
+        return np.linalg.norm(C - (C @ self.components.T) @ self.components, axis=1)
+
+    def cell_of(self, Z: np.ndarray) -> np.ndarray:
+        d = ((Z[:, None, :] - self.cells[None, :, :]) ** 2).sum(axis=2)
+        return d.argmin(axis=1)
+
+
+def _kmeans(Z: np.ndarray, k: int, rng: np.random.Generator, iters: int = 15) -> np.ndarray:
+    centers = Z[rng.choice(len(Z), k, replace=False)].copy()
+    for _ in range(iters):
+        lab = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        for j in range(k):
+            members = Z[lab == j]
+            if len(members):
+                centers[j] = members.mean(axis=0)
+    return centers
+
+
+# ---------------------------------------------------------------- Polars building blocks
+
+
+def with_sessions(events: pl.LazyFrame, gap_s: int = SESSION_GAP_S) -> pl.LazyFrame:
+    """Add ``session_key``: the logged ``session_id`` when present, else a new session after
+    ``gap_s`` seconds of inactivity; and ``gap_s`` (seconds since the user's previous event)."""
+    ordered = events.sort("user_id", "ts", "event_id")
+    gap = (pl.col("ts") - pl.col("ts").shift(1).over("user_id")).dt.total_milliseconds() / 1000.0
+    ordered = ordered.with_columns(gap.alias("gap_s"))
+    inferred = (
+        (pl.col("gap_s").is_null() | (pl.col("gap_s") > gap_s))
+        .cast(pl.Int64)
+        .cum_sum()
+        .over("user_id")
+    )
+    return ordered.with_columns(
+        pl.coalesce(pl.col("session_id"), pl.lit("gap-") + inferred.cast(pl.String)).alias(
+            "session_key"
+        )
+    )
+
+
+def session_features(events: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per (user, session): length, duration, and the regularity of its gaps."""
+    s = with_sessions(events)
+    in_session_gap = pl.when(
+        pl.col("session_key") == pl.col("session_key").shift(1).over("user_id")
+    )
+    s = s.with_columns(in_session_gap.then(pl.col("gap_s")).otherwise(None).alias("sgap"))
+    return s.group_by("user_id", "session_key").agg(
+        pl.len().alias("session_len"),
+        ((pl.col("ts").max() - pl.col("ts").min()).dt.total_milliseconds() / 1000.0).alias(
+            "session_dur_s"
+        ),
+        (pl.col("sgap").std() / pl.col("sgap").mean()).alias("session_gap_cv"),
+    )
+
+
+def user_day_features(events: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per (user, day): volume and active hours."""
+    return events.group_by("user_id", "day").agg(
+        pl.len().alias("day_events"),
+        pl.col("ts").dt.hour().n_unique().alias("day_active_hours"),
+    )
+
+
+def timing_features(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Per-user volume, timing and session features, rolled up from days and sessions."""
+    s = with_sessions(events)
+    per_user = s.group_by("user_id").agg(
+        pl.len().alias("n_events"),
+        pl.col("day").n_unique().alias("n_days"),
+        ((pl.col("ts").max() - pl.col("ts").min()).dt.total_milliseconds() / 3.6e6).alias("span_h"),
+        pl.col("gap_s").mean().alias("gap_mean_s"),
+        pl.col("gap_s").std().alias("gap_std_s"),
+        pl.col("ts").dt.hour().value_counts().alias("_hours"),
+    )
+    days = (
+        user_day_features(events)
+        .group_by("user_id")
+        .agg(
+            pl.col("day_events").max().alias("max_day_events"),
+            pl.col("day_active_hours").sum().alias("active_hours"),
+        )
+    )
+    sessions = (
+        session_features(events)
+        .group_by("user_id")
+        .agg(
+            pl.len().alias("n_sessions"),
+            pl.col("session_len").mean().alias("session_len_mean"),
+            pl.col("session_len").max().alias("session_len_max"),
+            pl.col("session_dur_s").mean().alias("session_dur_mean_s"),
+            pl.col("session_gap_cv").median().alias("_session_gap_cv"),
+        )
+    )
+    out = per_user.join(days, on="user_id", how="left").join(sessions, on="user_id", how="left")
+    cv = pl.col("gap_std_s") / pl.col("gap_mean_s")
+    return out.with_columns(
+        (pl.col("n_events") / pl.col("n_days")).alias("events_per_day"),
+        (pl.col("n_events") / pl.max_horizontal(pl.col("active_hours"), pl.lit(1))).alias(
+            "rate_per_hour"
+        ),
+        cv.fill_null(0.0).fill_nan(0.0).alias("gap_cv"),
+        (
+            (pl.col("gap_std_s") - pl.col("gap_mean_s"))
+            / (pl.col("gap_std_s") + pl.col("gap_mean_s"))
+        )
+        .fill_null(0.0)
+        .fill_nan(0.0)
+        .alias("burstiness"),
+        # regularity: 1 for perfectly even gaps inside sessions, towards 0 for human-like ones
+        (1.0 / (1.0 + pl.col("_session_gap_cv").fill_null(1.0).fill_nan(1.0))).alias("regularity"),
+        pl.col("_hours").map_elements(_hour_entropy, return_dtype=pl.Float64).alias("hour_entropy"),
+    ).drop("_hours", "_session_gap_cv", "gap_std_s", "span_h")
+
+
+def _hour_entropy(counts) -> float:
+    c = np.array([v["count"] for v in counts], dtype=np.float64)
+    p = c / c.sum()
+    return float(-(p * np.log(p)).sum() / math.log(24))
+
+
+def repetition_features(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Share of a user's queries already sent on an earlier day / earlier the same day."""
+    h = events.select("user_id", "day", pl.col("features").hash().alias("qh"))
+    first_day = h.group_by("user_id", "qh").agg(pl.col("day").min().alias("first_day"))
+    per_day = h.group_by("user_id", "day", "qh").agg(pl.len().alias("k"))
+    j = per_day.join(first_day, on=["user_id", "qh"])
+    return j.group_by("user_id").agg(
+        (
+            pl.when(pl.col("day") > pl.col("first_day")).then(pl.col("k")).otherwise(0).sum()
+            / pl.col("k").sum()
+        ).alias("cross_day_repeat_share"),
+        ((pl.col("k") - 1).sum() / pl.col("k").sum()).alias("within_day_repeat_share"),
+        (pl.col("qh").n_unique() / pl.col("k").sum()).alias("unique_share"),
+    )
+
+
+# ---------------------------------------------------------------- NumPy per-user blocks
+
+
+def _prada(Zu: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float, float, float]:
+    """Min distance of (up to PRADA_TARGETS) distinct queries to the earlier distinct ones:
+    median, median / the user's median pairwise distance, Shapiro-Wilk W, near-duplicate rate,
+    one-feature-changed rate."""
+    n = len(Zu)
+    if n < 3:
+        return (math.nan, math.nan, math.nan, 0.0, 0.0)
+    a_idx, b_idx = rng.integers(n, size=(2, 500))
+    pair = np.linalg.norm(Zu[a_idx] - Zu[b_idx], axis=1)
+    pair_scale = float(np.median(pair[a_idx != b_idx])) if (a_idx != b_idx).any() else 0.0
+    pair_scale = pair_scale if pair_scale > 1e-9 else 1.0
+    targets = np.unique(np.linspace(1, n - 1, min(PRADA_TARGETS, n - 1)).astype(np.int64))
+    mins = np.empty(len(targets))
+    one_changed = np.zeros(len(targets), dtype=bool)
+    chunk = 64
+    for a in range(0, len(targets), chunk):
+        t = targets[a : a + chunk]
+        lo = max(0, int(t.min()) - PRADA_HISTORY)
+        H = Zu[lo : int(t.max())]
+        d2 = (Zu[t] ** 2).sum(1)[:, None] + (H**2).sum(1)[None, :] - 2.0 * Zu[t] @ H.T
+        idx = np.arange(lo, int(t.max()))[None, :]
+        d2[(idx >= t[:, None]) | (idx < t[:, None] - PRADA_HISTORY)] = np.inf
+        j = d2.argmin(axis=1)
+        mins[a : a + chunk] = np.sqrt(np.maximum(d2[np.arange(len(t)), j], 0.0))
+        diff = np.abs(Zu[t] - H[j]) > 1e-9
+        one_changed[a : a + chunk] = diff.sum(axis=1) == 1
+    w = math.nan
+    if len(mins) >= 3 and np.ptp(mins) > 0:
+        w = float(stats.shapiro(mins).statistic)
+    return (
+        float(np.median(mins)),
+        float(np.median(mins) / pair_scale),
+        w,
+        float(np.mean(mins < NEAR_DUP_RATIO * pair_scale)),
+        float(np.mean(one_changed)),
+    )
+
+
+def _entropy(counts: np.ndarray) -> float:
+    counts = counts[counts > 0]
+    if counts.sum() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def geometry_features(
+    user_ids: list[str], offsets: np.ndarray, X: np.ndarray, ref: Reference, seed: int = 0
+) -> pl.DataFrame:
+    """Query statistics, geometry and distribution features for users whose events lie in
+    ``X[offsets[i]:offsets[i+1]]`` (time order)."""
+    rows = []
+    for i, uid in enumerate(user_ids):
+        rng = np.random.default_rng([seed, i])
+        Xu = X[offsets[i] : offsets[i + 1]]
+        Zall = ref.standardise(Xu)
+        # distinct queries, in order of first appearance (exact repeats removed first)
+        _, first = np.unique(Xu, axis=0, return_index=True)
+        Zu = Zall[np.sort(first)]
+        m = len(Zu)
+        sample = Zu if m <= DIST_SAMPLE else Zu[np.sort(rng.choice(m, DIST_SAMPLE, replace=False))]
+        nn, _ = ref.tree.query(sample, k=1)
+        out_of_range = ((Xu < ref.lo) | (Xu > ref.hi)).any(axis=1).mean()
+        cov_s = (
+            sample
+            if len(sample) <= COVERAGE_SAMPLE
+            else sample[rng.choice(len(sample), COVERAGE_SAMPLE, replace=False)]
+        )
+        cells = ref.cell_of(cov_s)
+        cell_counts = np.bincount(cells, minlength=len(ref.cells))
+        std = sample.std(axis=0) if len(sample) > 1 else np.zeros(ref.width)
+        if len(sample) >= 8:
+            with warnings.catch_warnings():  # constant features: precision-loss warnings
+                warnings.simplefilter("ignore", RuntimeWarning)
+                skew = np.nan_to_num(stats.skew(sample, axis=0))
+                kurt = np.nan_to_num(stats.kurtosis(sample, axis=0))
+            # normality: share of features whose marginal passes a Jarque-Bera test at 1%
+            jb = len(sample) / 6.0 * (skew**2 + kurt**2 / 4.0)
+            normality = float(np.mean(stats.chi2.sf(jb, 2) > 0.01))
+            q25, q75 = np.quantile(sample, [0.25, 0.75], axis=0)
+            iqr = float(np.mean(q75 - q25) / 1.349)
+        else:
+            skew = kurt = np.zeros(ref.width)
+            normality, iqr = math.nan, 0.0
+        med, ratio, w, near, one = _prada(Zu, rng)
+        rows.append(
+            {
+                "user_id": uid,
+                "q_mean_abs": float(np.abs(sample.mean(axis=0)).mean()),
+                "q_std_ratio": float(std.mean()),
+                "q_min": float(sample.min()),
+                "q_max": float(sample.max()),
+                "q_iqr_ratio": iqr,
+                "q_skew_abs": float(np.abs(skew).mean()),
+                "q_kurt": float(kurt.mean()),
+                "q_normality": normality,
+                "prada_min_dist_median": med,
+                "step_ratio": ratio,
+                "prada_w": w,
+                "near_dup_rate": near,
+                "one_feature_changed_rate": one,
+                "ref_nn_dist": float(np.median(nn) / ref.nn_scale),
+                "ref_mean_shift": float(np.linalg.norm(sample.mean(axis=0)) / math.sqrt(ref.width)),
+                "manifold_residual": float(np.median(ref.residual(sample)) / ref.residual_scale),
+                "out_of_range_share": float(out_of_range),
+                "coverage": float((cell_counts > 0).sum() / len(cov_s)),
+                "cell_entropy": _entropy(cell_counts) / math.log(len(ref.cells)),
+            }
+        )
+    return pl.DataFrame(rows, schema=_GEOMETRY_SCHEMA)
+
+
+_GEOMETRY_SCHEMA = {
+    "user_id": pl.String,
+    **{
+        c: pl.Float64
+        for c in (
+            "q_mean_abs",
+            "q_std_ratio",
+            "q_min",
+            "q_max",
+            "q_iqr_ratio",
+            "q_skew_abs",
+            "q_kurt",
+            "q_normality",
+            "prada_min_dist_median",
+            "step_ratio",
+            "prada_w",
+            "near_dup_rate",
+            "one_feature_changed_rate",
+            "ref_nn_dist",
+            "ref_mean_shift",
+            "manifold_residual",
+            "out_of_range_share",
+            "coverage",
+            "cell_entropy",
+        )
+    },
+}
+
+
+def response_features(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Predicted-class entropy and balance, low-margin share and confidence distribution."""
+    probs = pl.col("probabilities")
+    top = probs.list.sort(descending=True)
+    ev = events.with_columns(
+        top.list.get(0, null_on_oob=True).alias("_p1"),
+        top.list.get(1, null_on_oob=True).alias("_p2"),
+    )
+    classes = ev.group_by("user_id", "prediction").agg(pl.len().alias("k"))
+    cls = (
+        classes.group_by("user_id")
+        .agg(
+            pl.col("k").alias("_k"),
+        )
+        .with_columns(
+            pl.col("_k").map_elements(_class_stats, return_dtype=pl.List(pl.Float64)).alias("_cs")
+        )
+        .select(
+            "user_id",
+            pl.col("_cs").list.get(0).alias("class_entropy"),
+            pl.col("_cs").list.get(1).alias("class_balance"),
+        )
+    )
+    conf = ev.group_by("user_id").agg(
+        ((pl.col("_p1") - pl.col("_p2")) < LOW_MARGIN)
+        .mean()
+        .fill_null(0.0)
+        .alias("low_margin_share"),
+        pl.col("_p1").mean().alias("conf_mean"),
+        pl.col("_p1").std().fill_null(0.0).alias("conf_std"),
+        pl.col("_p1").quantile(0.1).alias("conf_p10"),
+    )
+    return cls.join(conf, on="user_id", how="left")
+
+
+def _class_stats(counts) -> list[float]:
+    c = np.asarray(list(counts), dtype=np.float64)
+    k = max(len(c), 1)
+    h = _entropy(c)
+    # normalised by the entropy of a uniform mix over 4 classes at least (a user who saw one
+    # class cannot reach 1)
+    norm = math.log(max(k, 4))
+    balance = float(c.min() / c.max()) if k >= 2 else 0.0
+    return [h / norm, balance]
+
+
+# ---------------------------------------------------------------- the user table
+
+
+def feature_matrix(features: pl.Series) -> np.ndarray:
+    """The ``features`` list column as an (n, d) array (every row has the same width d)."""
+    lengths = features.list.len()
+    if features.len() == 0:
+        return np.zeros((0, 0))
+    width = int(lengths.max())
+    if int(lengths.min()) != width:
+        raise ValueError("events have features of different widths")
+    flat = features.explode().to_numpy().astype(np.float64)
+    return flat.reshape(features.len(), width)
+
+
+def population_reference(events: pl.DataFrame, seed: int = 0) -> np.ndarray:
+    """A sample of the archive's own queries, one distinct row per event, as the reference
+    when no ``--reference`` data is given (the population is overwhelmingly legitimate)."""
+    n = events.height
+    take = min(n, REFERENCE_ROWS * 2)
+    sample = events.select("features").sample(take, seed=seed) if n > take else events
+    return feature_matrix(sample["features"])
+
+
+def user_features(
+    events: pl.LazyFrame | pl.DataFrame, reference: np.ndarray | None = None, *, seed: int = 0
+) -> pl.DataFrame:
+    """One row per user with every column of ``FEATURE_COLUMNS``; ``reference`` is the
+    legitimate input distribution (rows x features), else the archive's population."""
+    lf = events.lazy() if isinstance(events, pl.DataFrame) else events
+    lf = lf.select(
+        "event_id",
+        "ts",
+        "day",
+        "user_id",
+        "session_id",
+        "features",
+        "prediction",
+        "probabilities",
+    )
+    df = lf.sort("user_id", "ts", "event_id").collect()
+    if df.height == 0:
+        return pl.DataFrame(
+            schema={"user_id": pl.String, **{c: pl.Float64 for c in FEATURE_COLUMNS}}
+        )
+    ref = Reference(reference if reference is not None else population_reference(df, seed), seed)
+    ev = df.lazy()
+    X = feature_matrix(df["features"])
+    if X.shape[1] != ref.width:
+        raise ValueError(f"events have {X.shape[1]} features, the reference {ref.width}")
+    users = df["user_id"].rle()
+    user_ids = users.struct.field("value").to_list()
+    offsets = np.concatenate([[0], np.cumsum(users.struct.field("len").to_numpy())]).astype(
+        np.int64
+    )
+    geo = geometry_features(user_ids, offsets, X, ref, seed)
+    out = (
+        timing_features(ev)
+        .join(response_features(ev), on="user_id", how="left")
+        .join(repetition_features(ev), on="user_id", how="left")
+        .collect()
+        .join(geo, on="user_id", how="left")
+    )
+    return out.select("user_id", *[pl.col(c).cast(pl.Float64) for c in FEATURE_COLUMNS]).sort(
+        "user_id"
+    )

@@ -1,0 +1,430 @@
+"""From detector scores to decisions: the combined score, its threshold, Sybil groups, the
+detection delay, and incidents with their evidence.
+
+Combined score (``combine``): the directional ``extraction`` evidence (see
+:class:`audits.detectors.DirectionalScorer`) times ``1 + ENSEMBLE_WEIGHT x`` the mean population
+rank of the other detectors (entropy, IForest, LOF, OCSVM, AutoEncoder). The unsupervised
+detectors flag whatever is rare, benign or not, so they only break ties among users that already
+show extraction evidence: a user with none scores 0 however rare they are.
+
+Threshold (``choose_threshold``): pythresh's ``IQR`` thresholder on ``log1p(score)`` (outliers of
+the score distribution: above Q3 + 1.5 IQR), never below ``SCORE_FLOOR`` (the evidence of two
+signal groups agreeing at about two robust standard deviations), so a window without attackers
+flags no one just because some user must be the largest. No contamination rate is assumed.
+
+Sybil groups (``candidate_groups`` / ``group_scores``): keys whose source addresses share a /24
+and that are active on a common day are pooled into one pseudo-user and scored like a user
+against the same population: an attack split over many keys shows the joint distribution and
+coverage. Pooling amplifies, it does not invent: a group's score is capped at
+``GROUP_MEMBER_FACTOR`` x its median member's own score, so colleagues behind one office /24,
+whose pooled traffic is broad only because it is several people's, stay low. Every member
+carries its group's id; a member's score is the larger of its own and its group's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import polars as pl
+
+from audits.detectors import EXTRACTION_SIGNALS, DetectorSuite
+from audits.features import FEATURE_COLUMNS, user_features
+
+ENSEMBLE_WEIGHT = 0.1
+GROUP_MEMBER_FACTOR = 2.0
+SCORE_FLOOR = 2.0
+DELAY_CHECKPOINTS = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+SCORE_COLUMNS = ("extraction", "entropy", "iforest", "lof", "ocsvm", "autoencoder")
+
+USER_SCORES_SCHEMA = {
+    "user_id": pl.String,
+    "score": pl.Float64,
+    "flagged": pl.Boolean,
+    "n_events": pl.Int64,
+    **{f"score_{name}": pl.Float64 for name in SCORE_COLUMNS},
+    "score_group": pl.Float64,
+    "group_id": pl.String,
+    "est_fidelity": pl.Float64,
+    "first_cross_n": pl.Int64,
+}
+
+INCIDENTS_SCHEMA = {
+    "incident_id": pl.String,
+    "kind": pl.String,
+    "subject": pl.String,
+    "members": pl.List(pl.String),
+    "severity": pl.String,
+    "first_seen": pl.Datetime("us"),
+    "last_seen": pl.Datetime("us"),
+    "n_events": pl.Int64,
+    "score": pl.Float64,
+    "evidence": pl.String,
+}
+
+
+# ---------------------------------------------------------------- combine and threshold
+
+
+def _population_rank(values: np.ndarray, population: np.ndarray) -> np.ndarray:
+    pop = np.sort(population[np.isfinite(population)])
+    if len(pop) == 0:
+        return np.zeros(len(values))
+    return np.searchsorted(pop, np.nan_to_num(values, nan=-np.inf), side="right") / len(pop)
+
+
+def combine(
+    scores: dict[str, np.ndarray], population: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """The combined score: directional evidence, tie-broken by the unsupervised detectors'
+    mean rank within ``population`` (default: the scored rows themselves)."""
+    population = population or scores
+    others = [k for k in scores if k != "extraction"]
+    if others:
+        ens = np.mean([_population_rank(scores[k], population[k]) for k in others], axis=0)
+    else:
+        ens = np.zeros(len(scores["extraction"]))
+    return scores["extraction"] * (1.0 + ENSEMBLE_WEIGHT * ens)
+
+
+def choose_threshold(score: np.ndarray) -> tuple[float, str]:
+    """A threshold from the score distribution (see module docstring) and how it was chosen."""
+    from pythresh.thresholds.iqr import IQR
+
+    s = np.asarray(score, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    method = f"pythresh IQR on log1p(score), floor {SCORE_FLOOR}"
+    if len(s) < 5 or np.ptp(s) == 0:
+        return SCORE_FLOOR, method
+    labels = IQR().eval(np.log1p(s))
+    out = s[np.asarray(labels) == 1]
+    t = float(out.min()) if len(out) else float(s.max()) + 1e-9
+    return max(t, SCORE_FLOOR), method
+
+
+# ---------------------------------------------------------------- Sybil groups
+
+
+def subnet24(ip: pl.Expr) -> pl.Expr:
+    """The /24 of an IPv4 address as ``a.b.c.0/24`` (null for anything else)."""
+    parts = ip.str.extract(r"^(\d{1,3}\.\d{1,3}\.\d{1,3})\.\d{1,3}$", 1)
+    return pl.when(parts.is_not_null()).then(parts + ".0/24").otherwise(None)
+
+
+def candidate_groups(events: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """``(group_id, user_id)``: keys sharing a /24 that are active on a common day (>= 2 keys).
+    ``group_id`` is ``subnet:<a.b.c.0/24>``; a key in several such subnets joins each."""
+    lf = events.lazy() if isinstance(events, pl.DataFrame) else events
+    days = (
+        lf.select("user_id", "day", subnet24(pl.col("source_ip")).alias("subnet"))
+        .drop_nulls("subnet")
+        .unique()
+    )
+    together = (
+        days.group_by("subnet", "day")
+        .agg(pl.col("user_id").unique().alias("keys"))
+        .filter(pl.col("keys").list.len() >= 2)
+    )
+    pairs = together.explode("keys").select("subnet", pl.col("keys").alias("user_id")).unique()
+    out = pairs.collect()
+    counts = out.group_by("subnet").agg(pl.len().alias("k")).filter(pl.col("k") >= 2)
+    return (
+        out.join(counts.select("subnet"), on="subnet")
+        .select(("subnet:" + pl.col("subnet")).alias("group_id"), "user_id")
+        .sort("group_id", "user_id")
+    )
+
+
+def group_features(
+    events: pl.DataFrame, groups: pl.DataFrame, reference: np.ndarray | None, *, seed: int = 0
+) -> pl.DataFrame:
+    """Features of each candidate group's pooled traffic (one row per group, ``user_id`` =
+    the group id)."""
+    if groups.height == 0:
+        return pl.DataFrame(
+            schema={"user_id": pl.String, **{c: pl.Float64 for c in FEATURE_COLUMNS}}
+        )
+    pooled = events.join(groups, on="user_id").with_columns(pl.col("group_id").alias("user_id"))
+    return user_features(pooled.drop("group_id"), reference, seed=seed)
+
+
+# ---------------------------------------------------------------- detection delay
+
+
+def detection_delay(
+    events: pl.DataFrame,
+    users: list[str],
+    suite: DetectorSuite,
+    population: dict[str, np.ndarray],
+    threshold: float,
+    reference: np.ndarray | None,
+    *,
+    seed: int = 0,
+) -> dict[str, int]:
+    """For each of ``users``: the number of queries after which their running combined score
+    (features of their first n queries, scored against the window's fitted detectors) first
+    reaches ``threshold``, checked at ``DELAY_CHECKPOINTS`` and at their last query."""
+    if not users:
+        return {}
+    ev = events.filter(pl.col("user_id").is_in(users)).sort("user_id", "ts", "event_id")
+    ev = ev.with_columns(pl.int_range(1, pl.len() + 1).over("user_id").alias("_k"))
+    totals = dict(ev.group_by("user_id").agg(pl.len()).iter_rows())
+    prefixes = []
+    for n in DELAY_CHECKPOINTS:
+        part = ev.filter(
+            (pl.col("_k") <= n)
+            & (pl.col("user_id").replace_strict(totals, default=0, return_dtype=pl.Int64) > n)
+        )
+        if part.height:
+            prefixes.append(part.with_columns((pl.col("user_id") + f"@{n}").alias("user_id")))
+    full = ev.with_columns(
+        (
+            pl.col("user_id")
+            + "@"
+            + pl.col("user_id").replace_strict(totals, return_dtype=pl.Int64).cast(pl.String)
+        ).alias("user_id")
+    )
+    prefixes.append(full)
+    pf = user_features(pl.concat(prefixes).drop("_k"), reference, seed=seed)
+    s = combine(suite.score(pf), population)
+    found: dict[str, int] = {}
+    rows = sorted(
+        (
+            (uid.rsplit("@", 1)[0], int(uid.rsplit("@", 1)[1]), float(v))
+            for uid, v in zip(pf["user_id"].to_list(), s, strict=True)
+        ),
+        key=lambda r: (r[0], r[1]),
+    )
+    for user, n, v in rows:
+        if user not in found and v >= threshold:
+            found[user] = n
+    return found
+
+
+# ---------------------------------------------------------------- scoring users
+
+
+def score_users(
+    features: pl.DataFrame,
+    *,
+    seed: int = 0,
+    group_feats: pl.DataFrame | None = None,
+    groups: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, dict]:
+    """``user_scores`` rows (``USER_SCORES_SCHEMA``) and a summary: the threshold, how it was
+    chosen, the fitted suite and population scores (for running scores), the group table."""
+    suite = DetectorSuite(seed=seed).fit(features)
+    raw = suite.score(features)
+    score = combine(raw)
+    threshold, method = choose_threshold(score)
+    out = features.select("user_id", pl.col("n_events").cast(pl.Int64)).with_columns(
+        pl.Series("score", score, dtype=pl.Float64),
+        *[pl.Series(f"score_{k}", raw[k], dtype=pl.Float64) for k in SCORE_COLUMNS],
+    )
+    group_table = pl.DataFrame(
+        schema={
+            "group_id": pl.String,
+            "score": pl.Float64,
+            "flagged": pl.Boolean,
+            "members": pl.List(pl.String),
+        }
+    )
+    if group_feats is not None and groups is not None and group_feats.height:
+        pooled = pl.DataFrame(
+            {"group_id": group_feats["user_id"], "pooled": combine(suite.score(group_feats), raw)}
+        )
+        own = pl.DataFrame({"user_id": features["user_id"], "own": score})
+        typical = (
+            groups.join(own, on="user_id")
+            .group_by("group_id")
+            .agg(pl.col("own").median().alias("typical"))
+        )
+        gs = pooled.join(typical, on="group_id").select(
+            "group_id",
+            pl.min_horizontal("pooled", GROUP_MEMBER_FACTOR * pl.col("typical")).alias(
+                "score_group"
+            ),
+        )
+        member_of = (
+            groups.join(gs, on="group_id")
+            .sort("score_group", descending=True)
+            .unique("user_id", keep="first")
+        )
+        out = out.join(member_of, on="user_id", how="left")
+        group_table = (
+            groups.group_by("group_id")
+            .agg(pl.col("user_id").sort().alias("members"))
+            .join(gs.rename({"score_group": "score"}), on="group_id")
+            .with_columns((pl.col("score") >= threshold).alias("flagged"))
+            .sort("group_id")
+        )
+    else:
+        out = out.with_columns(
+            pl.lit(None, pl.String).alias("group_id"), pl.lit(None, pl.Float64).alias("score_group")
+        )
+    out = out.with_columns(
+        pl.max_horizontal("score", pl.col("score_group").fill_null(-math.inf)).alias("score"),
+    ).with_columns(
+        (pl.col("score") >= threshold).alias("flagged"),
+        pl.lit(None, pl.Float64).alias("est_fidelity"),
+        pl.lit(None, pl.Int64).alias("first_cross_n"),
+    )
+    out = out.select([pl.col(c).cast(t) for c, t in USER_SCORES_SCHEMA.items()]).sort("user_id")
+    summary = {
+        "threshold": threshold,
+        "threshold_method": method,
+        "suite": suite,
+        "population": raw,
+        "groups": group_table,
+    }
+    return out, summary
+
+
+def audit_scores(
+    events: pl.DataFrame,
+    reference: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    delay: bool = True,
+    features: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """The whole detection stage over one window's events: ``(features, user_scores, summary)``
+    with Sybil groups scored and (when ``delay``) ``first_cross_n`` for flagged users."""
+    if reference is None and events.height:
+        from audits.features import population_reference
+
+        reference = population_reference(events, seed)
+    feats = features if features is not None else user_features(events, reference, seed=seed)
+    groups = candidate_groups(events)
+    gfeats = group_features(events, groups, reference, seed=seed)
+    scores, summary = score_users(feats, seed=seed, group_feats=gfeats, groups=groups)
+    if delay:
+        flagged = scores.filter(pl.col("flagged"))["user_id"].to_list()
+        found = detection_delay(
+            events,
+            flagged,
+            summary["suite"],
+            summary["population"],
+            summary["threshold"],
+            reference,
+            seed=seed,
+        )
+        scores = scores.with_columns(
+            pl.col("user_id")
+            .replace_strict(found, default=None, return_dtype=pl.Int64)
+            .alias("first_cross_n")
+        )
+    summary["features"] = feats
+    summary["group_features"] = gfeats
+    return feats, scores, summary
+
+
+# ---------------------------------------------------------------- incidents
+
+
+def _evidence(row: dict, features: pl.DataFrame, top: int = 5) -> list[dict]:
+    """The features of ``row`` that stand out in the extraction direction: value and
+    percentile in the population of users."""
+    items = []
+    for signals in EXTRACTION_SIGNALS.values():
+        for col, direction in signals:
+            value = row.get(col)
+            if value is None or not math.isfinite(value):
+                continue
+            pop = features[col].drop_nulls().drop_nans().to_numpy()
+            if len(pop) == 0:
+                continue
+            pct = float((pop < value).mean() + 0.5 * (pop == value).mean()) * 100.0
+            strength = pct if direction > 0 else 100.0 - pct
+            items.append(
+                (
+                    strength,
+                    {
+                        "feature": col,
+                        "value": round(float(value), 6),
+                        "population_percentile": round(pct, 2),
+                    },
+                )
+            )
+    items.sort(key=lambda t: -t[0])
+    return [e for _, e in items[:top]]
+
+
+def incident_id(kind: str, subject: str, members: list[str], first_day: str) -> str:
+    """Stable across reruns: a hash of the kind, the subject (or sorted members) and the
+    first day seen."""
+    key = "|".join([kind, subject, ",".join(sorted(members)), first_day])
+    return "inc_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def severity(score: float, threshold: float) -> str:
+    ratio = score / threshold if threshold > 0 else math.inf
+    return "critical" if ratio >= 3 else "high" if ratio >= 1.5 else "medium"
+
+
+def build_incidents(
+    events: pl.DataFrame,
+    features: pl.DataFrame,
+    scores: pl.DataFrame,
+    summary: dict,
+) -> pl.DataFrame:
+    """One incident per flagged group (its members' traffic pooled) and one per flagged user
+    not covered by a flagged group."""
+    threshold = summary["threshold"]
+    span = events.group_by("user_id").agg(
+        pl.col("ts").min().alias("first_seen"),
+        pl.col("ts").max().alias("last_seen"),
+        pl.len().alias("n_events"),
+    )
+    span_d = {r["user_id"]: r for r in span.iter_rows(named=True)}
+    rows = []
+    groups: pl.DataFrame = summary.get("groups")
+    covered: set[str] = set()
+    gfeats = summary.get("group_features")
+    if groups is not None and groups.height:
+        for g in groups.filter(pl.col("flagged")).iter_rows(named=True):
+            members = list(g["members"])
+            covered.update(members)
+            spans = [span_d[m] for m in members if m in span_d]
+            first = min(s["first_seen"] for s in spans)
+            grow = {}
+            if gfeats is not None:
+                hit = gfeats.filter(pl.col("user_id") == g["group_id"])
+                grow = hit.row(0, named=True) if hit.height else {}
+            rows.append(
+                {
+                    "incident_id": incident_id("group", g["group_id"], members, str(first.date())),
+                    "kind": "group",
+                    "subject": g["group_id"],
+                    "members": members,
+                    "severity": severity(g["score"], threshold),
+                    "first_seen": first,
+                    "last_seen": max(s["last_seen"] for s in spans),
+                    "n_events": int(sum(s["n_events"] for s in spans)),
+                    "score": float(g["score"]),
+                    "evidence": json.dumps(_evidence(grow, features)),
+                }
+            )
+    feat_rows = {r["user_id"]: r for r in features.iter_rows(named=True)}
+    for u in scores.filter(pl.col("flagged")).iter_rows(named=True):
+        uid = u["user_id"]
+        if uid in covered or uid not in span_d:
+            continue
+        s = span_d[uid]
+        rows.append(
+            {
+                "incident_id": incident_id("user", uid, [uid], str(s["first_seen"].date())),
+                "kind": "user",
+                "subject": uid,
+                "members": [uid],
+                "severity": severity(u["score"], threshold),
+                "first_seen": s["first_seen"],
+                "last_seen": s["last_seen"],
+                "n_events": int(s["n_events"]),
+                "score": float(u["score"]),
+                "evidence": json.dumps(_evidence(feat_rows.get(uid, {}), features)),
+            }
+        )
+    return pl.DataFrame(rows, schema=INCIDENTS_SCHEMA).sort("score", descending=True)
