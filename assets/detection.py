@@ -105,10 +105,22 @@ def _preview(frame: pl.DataFrame, rows: int = 10) -> MetadataValue:
         return MetadataValue.md("```\n" + str(frame.head(rows)) + "\n```")
 
 
+MIN_USERS = 3  # fewer users than this in the window: nothing to compare anyone with
+
+
 def _window_or_empty(context, audit, con):
+    """The audit window, or ``None`` when it holds too few users to score."""
     window = audit_window(context, audit, con)
     if window is None:
         context.log.info("no events: nothing to score")
+        return None
+    users = con.sql(
+        "SELECT count(DISTINCT user_id) FROM events WHERE day BETWEEN ? AND ?",
+        params=list(window),
+    ).fetchall()[0][0]
+    if users < MIN_USERS:
+        context.log.info(f"{users} users in {window[0]}..{window[1]}: too few to score")
+        return None
     return window
 
 

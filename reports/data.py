@@ -69,7 +69,7 @@ def load_scores(
         return None
     if "threshold" not in frame.columns and con is not None and has_table(con, "score_groups"):
         frame = frame.with_columns(threshold=pl.lit(_group_threshold(con, window)))
-    if "threshold" in frame.columns and frame.height:
+    if "threshold" in frame.columns and frame.height and frame["threshold"][0] is not None:
         threshold = float(frame["threshold"][0])
     elif frame.height and frame["flagged"].any():
         threshold = float(frame.filter(pl.col("flagged"))["score"].min())
