@@ -42,6 +42,22 @@ def canonical_events(logs: Path) -> Iterator[dict]:
                     yield record
 
 
+def requests(logs: Path, rng: random.Random, batch_share: float) -> Iterator[list[dict]]:
+    """The archive's records as API requests: most carry one record; ``batch_share`` of them
+    carry two consecutive records of the same user (a batch)."""
+    pending: dict[str, dict] = {}
+    for record in canonical_events(logs):
+        user = record["user_id"]
+        if user in pending:
+            yield [pending.pop(user), record]
+        elif rng.random() < batch_share:
+            pending[user] = record
+        else:
+            yield [record]
+    for record in pending.values():
+        yield [record]
+
+
 def _utc(ts: str) -> dt.datetime:
     return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(dt.UTC)
 
@@ -62,22 +78,10 @@ def export_sagemaker(logs: Path, out: Path, *, seed: int = 0, batch_share: float
     rng = random.Random(seed)
     captures: dict[Path, list[str]] = defaultdict(list)
     gateway: dict[Path, list[str]] = defaultdict(list)
-    pending: dict[str, dict] = {}
     count = 0
-    for record in canonical_events(logs):
-        user = record["user_id"]
-        if user in pending:
-            group = [pending.pop(user), record]
-        elif rng.random() < batch_share:
-            pending[user] = record
-            continue
-        else:
-            group = [record]
+    for group in requests(logs, rng, batch_share):
         count += len(group)
         _add_capture(group, rng, captures, gateway, out)
-    for record in pending.values():
-        count += 1
-        _add_capture([record], rng, captures, gateway, out)
     _write_all(captures)
     _write_all(gateway)
     return {"events": count, "capture_files": len(captures), "gateway_files": len(gateway)}
@@ -165,22 +169,10 @@ def export_kserve(
     requests and responses logged twice (at-least-once delivery)."""
     rng = random.Random(seed)
     days: dict[str, list[str]] = defaultdict(list)
-    pending: dict[str, dict] = {}
     count = 0
-    for record in canonical_events(logs):
-        user = record["user_id"]
-        if user in pending:
-            group = [pending.pop(user), record]
-        elif rng.random() < batch_share:
-            pending[user] = record
-            continue
-        else:
-            group = [record]
+    for group in requests(logs, rng, batch_share):
         count += len(group)
         days[_utc(group[0]["ts"]).date().isoformat()] += _cloud_events(group, rng)
-    for record in pending.values():
-        count += 1
-        days[_utc(record["ts"]).date().isoformat()] += _cloud_events([record], rng)
     for day, lines in sorted(days.items()):
         for line in rng.sample(lines, min(redelivered, len(lines))):
             lines.append(line)

@@ -394,29 +394,11 @@ def geometry_features(
 
 _GEOMETRY_SCHEMA = {
     "user_id": pl.String,
-    **{
+    **{  # query statistics, geometry and distribution: one block of FEATURE_COLUMNS
         c: pl.Float64
-        for c in (
-            "q_mean_abs",
-            "q_std_ratio",
-            "q_min",
-            "q_max",
-            "q_iqr_ratio",
-            "q_skew_abs",
-            "q_kurt",
-            "q_normality",
-            "prada_min_dist_median",
-            "step_ratio",
-            "prada_w",
-            "near_dup_rate",
-            "one_feature_changed_rate",
-            "ref_nn_dist",
-            "ref_mean_shift",
-            "manifold_residual",
-            "out_of_range_share",
-            "coverage",
-            "cell_entropy",
-        )
+        for c in FEATURE_COLUMNS[
+            FEATURE_COLUMNS.index("q_mean_abs") : FEATURE_COLUMNS.index("cell_entropy") + 1
+        ]
     },
 }
 

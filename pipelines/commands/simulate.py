@@ -61,6 +61,7 @@ def _formats(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from audits import exporters
     from audits.simulation import simulate
+    from audits.simulation.simulator import OUTPUTS
 
     formats = _formats(args.formats)
     began = time.monotonic()
@@ -86,15 +87,7 @@ def run(args: argparse.Namespace) -> int:
     attackers = sum(u["role"] == "attacker" for u in truth["users"])
     events = sum(u["n_events"] for u in truth["users"])
     say(f"{events:,} events from {len(truth['users'])} users ({attackers} attackers)")
-    for name in (
-        "logs",
-        "model.skops",
-        "train.parquet",
-        "holdout.parquet",
-        "reference.parquet",
-        "truth.json",
-        *(["sagemaker", "gateway"] if "sagemaker" in formats else []),
-        *(["kserve"] if "kserve" in formats else []),
-    ):
-        print(out / name)
+    for name in OUTPUTS:
+        if (out / name).exists():
+            print(out / name)
     return 0
