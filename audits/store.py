@@ -236,6 +236,9 @@ def ingest_day(
             "source_file": pa.array([str(f.path) for f in files], pa.string()),
         }
     )
+    # Row order within tables is never relied on (first occurrences use explicit positions),
+    # so DuckDB may write in parallel.
+    con.execute("SET preserve_insertion_order = false")
     con.execute("BEGIN TRANSACTION")
     try:
         _clear_partition(con, day)

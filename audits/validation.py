@@ -76,22 +76,27 @@ def _kind(name: str) -> str:
     )
 
 
-# The first characters a field's fragment may start with, as a regex class; "_" = absent.
-_FIRST_CHARS = {_STRING: '"', _NUMBER: r"\-0-9NI", _ARRAY: r"\[", _BOOLEAN: "tf"}
+# The code points a field's fragment may start with, by JSON type.
+_FIRST_CODES = {
+    _STRING: (ord('"'),),
+    _NUMBER: (ord("-"), *range(ord("0"), ord("9") + 1), ord("N"), ord("I")),
+    _ARRAY: (ord("["),),
+    _BOOLEAN: (ord("t"), ord("f")),
+}
 
 
-def _signature_pattern() -> str:
-    """A regex that the first-character signature of a well-typed record matches."""
-    parts = []
+def _well_typed() -> str:
+    """SQL that holds when every field's fragment starts like a value of an allowed type
+    (an absent or null optional field is fine)."""
+    checks = []
     for name, allowed in ALLOWED_KINDS.items():
-        chars = "".join(_FIRST_CHARS[kind] for kind in allowed)
-        optional = "" if name in schema.REQUIRED_FIELDS else "n_"
-        parts.append(f"[{chars}{optional}]")
-    return "".join(parts)
-
-
-def _signature() -> str:
-    return " || ".join(f"coalesce(left(f[{_IDX[name]}], 1), '_')" for name in FIELDS)
+        codes = sorted({code for kind in allowed for code in _FIRST_CODES[kind]})
+        fragment = f"f[{_IDX[name]}]"
+        test = f"ascii({fragment}) IN ({', '.join(map(str, codes))})"
+        if name not in schema.REQUIRED_FIELDS:
+            test = f"({fragment} IS NULL OR ascii({fragment}) = {ord('n')} OR {test})"
+        checks.append(test)
+    return " AND ".join(checks)
 
 
 def _absent(name: str) -> str:
@@ -179,7 +184,7 @@ def _clean(width: int | None) -> str:
         "NOT cut",
         "NOT bad_utf8",
         "v IS NOT NULL",
-        f"regexp_full_match({_signature()}, '{_signature_pattern()}')",
+        _well_typed(),
         *(f"NOT contains({fragment}, '{c}')" for c in _NOT_NUMBERS),
         "(probabilities IS NULL OR NOT ("
         + " OR ".join(f"contains(f[{_IDX['probabilities']}], '{c}')" for c in _NOT_NUMBERS)
@@ -189,8 +194,10 @@ def _clean(width: int | None) -> str:
         "ts_utc IS NOT NULL",
         f"regexp_matches(ts_text, '{_ZONE_SUFFIX}')",
         f"len(features) = {int(width)}" if width is not None else "len(features) > 0",
-        f"NOT {_not_finite('features')}",
-        f"(probabilities IS NULL OR NOT {_not_finite('probabilities')})",
+        # a finite sum implies finite elements (the converse can fail on overflow: such a row
+        # just takes the full rules below)
+        "isfinite(list_sum(features))",
+        "(probabilities IS NULL OR isfinite(list_sum(probabilities)))",
         "(latency_ms IS NULL OR isfinite(latency_ms))",
     ]
     return " AND ".join(checks)

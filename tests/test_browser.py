@@ -95,3 +95,21 @@ def test_demo_pages_render_without_console_errors(
     for page in pages:
         png = tmp_path / f"{page.stem}.png"
         assert screenshot(chromium, page, png) == [], page
+
+
+def test_every_flagged_user_has_an_incident_page(demo_audit: Path) -> None:
+    import duckdb
+    import polars as pl
+
+    from reports.pages import page_name
+
+    flagged = set(
+        pl.read_parquet(demo_audit / "user_scores.parquet").filter(pl.col("flagged"))["user_id"]
+    )
+    assert flagged, "the demo archive has attackers: some must be flagged"
+    con = duckdb.connect(str(demo_audit / "stealwatch.duckdb"), read_only=True)
+    covered = set()
+    for incident_id, members in con.sql("SELECT incident_id, members FROM incidents").fetchall():
+        assert (demo_audit / "incidents" / page_name(incident_id)).exists()
+        covered |= set(members)
+    assert flagged <= covered
