@@ -324,10 +324,12 @@ def _store(con: duckdb.DuckDBPyConnection, paths: pa.Table, day: dt.date) -> Non
             "GROUP BY event_id"
         )
         columns = _STAGED_COLUMNS.replace("ts, ", "ts, CAST(ts AS DATE), ")
+        (firsts,) = fetch_one(con, "SELECT count(*) FROM first_seen")
+        (valid,) = fetch_one(con, "SELECT count(*) FROM parsed WHERE reason IS NULL")
+        keep = "" if firsts == valid else f" AND {_POSITION} IN (SELECT position FROM first_seen)"
         con.execute(
             f"INSERT INTO events SELECT {columns}, source_file, line_no, ? "
-            "FROM parsed JOIN day_files USING (file_index) "
-            f"WHERE reason IS NULL AND {_POSITION} IN (SELECT position FROM first_seen)",
+            f"FROM parsed JOIN day_files USING (file_index) WHERE reason IS NULL{keep}",
             [day],
         )
         con.execute("DROP TABLE first_seen")
