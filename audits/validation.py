@@ -50,10 +50,10 @@ ALLOWED_KINDS: dict[str, tuple[str, ...]] = {
     "status": _SCALAR_ID,
     "latency_ms": (_NUMBER,),
 }
-_SQL_TYPES = {
-    "features": "DOUBLE[]",
-    "probabilities": "DOUBLE[]",
-    "latency_ms": "DOUBLE",
+_SQL_TYPES = {  # as DuckDB's json_transform reads each field; fragments are checked, then cast
+    "features": "JSON",
+    "probabilities": "JSON",
+    "latency_ms": "JSON",
 }
 _REJECT_DETAILS = (
     f"WHEN '{schema.UNPAIRED_RESPONSE}' THEN 'a response with no request of the same id' "
@@ -66,37 +66,23 @@ _ZONE_SUFFIX = r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)\s*$"
 _NOT_NUMBERS = ('"', "{", "r", "l", "[[", ",[")
 
 
+# Every field's JSON fragment. Only the full rules use it (for the few records that fail the
+# fast check), so the line is parsed again only for those.
+_FRAGMENTS = "try(json_extract(text, [" + ", ".join(f"'$.{name}'" for name in FIELDS) + "]))"
+
+
+def _fragment(name: str) -> str:
+    return f"{_FRAGMENTS}[{_IDX[name]}]"
+
+
 def _kind(name: str) -> str:
     """SQL for the JSON type of a field (NULL when absent), from its fragment's first char."""
     arms = " ".join(f"WHEN '{c}' THEN '{k}'" for c, k in _KIND_OF_FIRST_CHAR.items())
-    fragment = f"f[{_IDX[name]}]"
+    fragment = _fragment(name)
     return (
         f"(CASE WHEN {fragment} IS NOT NULL THEN CASE left({fragment}, 1) {arms} "
         f"ELSE '{_NUMBER}' END END)"
     )
-
-
-# The code points a field's fragment may start with, by JSON type.
-_FIRST_CODES = {
-    _STRING: (ord('"'),),
-    _NUMBER: (ord("-"), *range(ord("0"), ord("9") + 1), ord("N"), ord("I")),
-    _ARRAY: (ord("["),),
-    _BOOLEAN: (ord("t"), ord("f")),
-}
-
-
-def _well_typed() -> str:
-    """SQL that holds when every field's fragment starts like a value of an allowed type
-    (an absent or null optional field is fine)."""
-    checks = []
-    for name, allowed in ALLOWED_KINDS.items():
-        codes = sorted({code for kind in allowed for code in _FIRST_CODES[kind]})
-        fragment = f"f[{_IDX[name]}]"
-        test = f"ascii({fragment}) IN ({', '.join(map(str, codes))})"
-        if name not in schema.REQUIRED_FIELDS:
-            test = f"({fragment} IS NULL OR ascii({fragment}) = {ord('n')} OR {test})"
-        checks.append(test)
-    return " AND ".join(checks)
 
 
 def _absent(name: str) -> str:
@@ -113,7 +99,7 @@ def _rules() -> list[tuple[str, str, str]]:
         ("reject IS NOT NULL", "reject", "reject_detail"),
         ("cut", schema.TRUNCATED_LINE, "'partial last line of a file cut short'"),
         ("bad_utf8", schema.INVALID_UTF8, "'bytes that are not UTF-8'"),
-        ("f IS NULL", schema.MALFORMED_JSON, "'not parseable as JSON'"),
+        ("v IS NULL", schema.MALFORMED_JSON, "'not parseable as JSON'"),
         (
             "left(ltrim(text), 1) <> '{'",
             schema.NOT_AN_OBJECT,
@@ -132,7 +118,7 @@ def _rules() -> list[tuple[str, str, str]]:
             )
         )
     for name in ("features", "probabilities"):
-        fragment = f"f[{_IDX[name]}]"
+        fragment = _fragment(name)
         rules.append(
             (
                 f"{_kind(name)} = '{_ARRAY}' AND ("
@@ -145,7 +131,6 @@ def _rules() -> list[tuple[str, str, str]]:
     for name in ("event_id", "user_id"):
         rules.append((f"{name} = ''", schema.MISSING_FIELD, f"'empty \"{name}\"'"))
     rules += [
-        ("v IS NULL", schema.WRONG_TYPE, "'fields that cannot be converted'"),
         ("ts_utc IS NULL", schema.BAD_TIMESTAMP, "'unparseable timestamp'"),
         (
             f"NOT regexp_matches(ts_text, '{_ZONE_SUFFIX}')",
@@ -176,21 +161,34 @@ def _width_rule(width: int) -> tuple[str, str, str]:
     )
 
 
+def _plain(column: str, *, booleans: bool = False) -> str:
+    """A VARCHAR-converted value that cannot have been an object or array (or, unless
+    allowed, a boolean); a string that merely looks like one takes the full rules."""
+    test = f"left({column}, 1) NOT IN ('{{', '[')"
+    return test if booleans else f"{test} AND {column} NOT IN ('true', 'false')"
+
+
+def _numbers_fragment(column: str) -> str:
+    """A JSON fragment that is an array of plain numbers (NaN and Infinity included)."""
+    return f"left({column}, 1) = '[' AND " + " AND ".join(
+        f"NOT contains({column}, '{c}')" for c in _NOT_NUMBERS
+    )
+
+
 def _clean(width: int | None) -> str:
-    """One cheap predicate that holds exactly when no rule fires: the common case."""
-    fragment = f"f[{_IDX['features']}]"
+    """One cheap predicate, on the typed values alone, that holds only when no rule fires:
+    the common case. Whatever fails it goes through every rule, in order."""
     checks = [
         "reject IS NULL",
         "NOT cut",
         "NOT bad_utf8",
         "v IS NOT NULL",
-        _well_typed(),
-        *(f"NOT contains({fragment}, '{c}')" for c in _NOT_NUMBERS),
-        "(probabilities IS NULL OR NOT ("
-        + " OR ".join(f"contains(f[{_IDX['probabilities']}], '{c}')" for c in _NOT_NUMBERS)
-        + "))",
         "event_id <> ''",
+        _plain("event_id"),
         "user_id <> ''",
+        _plain("user_id"),
+        _numbers_fragment("v.features"),
+        "(v.probabilities IS NULL OR (" + _numbers_fragment("v.probabilities") + "))",
         "ts_utc IS NOT NULL",
         f"regexp_matches(ts_text, '{_ZONE_SUFFIX}')",
         f"len(features) = {int(width)}" if width is not None else "len(features) > 0",
@@ -198,7 +196,19 @@ def _clean(width: int | None) -> str:
         # just takes the full rules below)
         "isfinite(list_sum(features))",
         "(probabilities IS NULL OR isfinite(list_sum(probabilities)))",
-        "(latency_ms IS NULL OR isfinite(latency_ms))",
+        "(v.latency_ms IS NULL OR (ascii(v.latency_ms) NOT IN (34, 91, 123, 116, 102) "
+        "AND isfinite(latency_ms)))",
+        *(
+            f"({name} IS NULL OR ({_plain(name, booleans=name == 'prediction')}))"
+            for name in (
+                "session_id",
+                "source_ip",
+                "model_id",
+                "model_version",
+                "prediction",
+                "status",
+            )
+        ),
     ]
     return " AND ".join(checks)
 
@@ -237,27 +247,30 @@ def validation_sql(width: int | None = None) -> str:
     """SQL over ``lines_in(file_index, line_no, text, cut, bad_utf8)`` that classifies every
     non-blank line; ``cut`` marks a damaged file's partial last line; ``width``, when known,
     is the required length of ``features``."""
-    paths = ", ".join(f"'$.{name}'" for name in FIELDS)
-    values = ",\n        ".join(f"v.{name} AS {name}" for name in FIELDS if name != "ts")
+    typed_elsewhere = ("ts", "features", "probabilities", "latency_ms")
+    values = ",\n        ".join(
+        f"v.{name} AS {name}" for name in FIELDS if name not in typed_elsewhere
+    )
     rules = _rules() + ([_width_rule(width)] if width is not None else [])
     return f"""
 WITH lines AS (
     SELECT *, CASE reject {_REJECT_DETAILS} END AS reject_detail FROM lines_in
     WHERE ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
-), extracted AS (
-    SELECT *,
-        CASE WHEN NOT cut AND NOT bad_utf8 AND reject IS NULL
-             THEN try(json_extract(text, [{paths}])) END AS f
-    FROM lines
 ), kinds AS (
     SELECT *,
-        CASE WHEN f IS NOT NULL THEN try(json_transform(text, '{_transform_spec()}')) END AS v
-    FROM extracted
+        CASE WHEN NOT cut AND NOT bad_utf8 AND reject IS NULL
+             THEN try(json_transform(text, '{_transform_spec()}')) END AS v
+    FROM lines
 ), typed AS (
     SELECT *,
         {values},
+        CASE WHEN left(v.features, 1) = '[' THEN try(json_transform(v.features, '["DOUBLE"]'))
+            END AS features,
+        CASE WHEN left(v.probabilities, 1) = '['
+             THEN try(json_transform(v.probabilities, '["DOUBLE"]')) END AS probabilities,
+        try_cast(v.latency_ms AS DOUBLE) AS latency_ms,
         v.ts AS ts_text,
-        CASE WHEN left(f[{_IDX["ts"]}], 1) = '"' THEN try_cast(v.ts AS TIMESTAMPTZ) END AS ts_utc
+        try_cast(v.ts AS TIMESTAMPTZ) AS ts_utc
     FROM kinds
 ), ruled AS (
     SELECT *, {_rule_number(rules, width)} AS rule FROM typed
