@@ -9,7 +9,7 @@ from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 from reports import data, pages
 
-REPORT_DEPS = ["ingest_summary", "user_scores", "incidents", "privacy_audit"]
+REPORT_DEPS = ["ingest_summary", "user_scores", "incidents", "forensics", "privacy_audit"]
 
 
 @asset(deps=REPORT_DEPS, group_name="report")

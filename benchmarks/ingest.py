@@ -5,7 +5,8 @@
     python benchmarks/ingest.py --formats             # also SageMaker+gateway and KServe logs
 
 Prints rows/s for stealwatch's ingest (validation, quarantine, dedup, custody), the bare load's
-time, their ratio, and the peak RSS of each, each measured in a fresh process. Peak RSS is also
+time, their ratio, and the peak RSS of each (VmHWM: ru_maxrss would carry over the parent's
+peak across exec), each measured in a fresh process. Peak RSS is also
 measured for the first day alone, to show memory follows a day's data, not the archive's.
 """
 
@@ -33,7 +34,7 @@ def _child(code: str, *args: str) -> dict:
 
 
 _INGEST = """
-import json, resource, sys, time, datetime as dt
+import json, sys, time, datetime as dt
 from audits import store
 from audits.catalog import scan_archive
 from audits.formats import ReaderOptions, load_gateway
@@ -47,12 +48,12 @@ plan = [(day, [f for f in files if f.day == day]) for day in all_days]
 results = store.ingest_days(con, plan, reader=reader)
 rows = sum(result.total("rows_read") for result in results)
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print(json.dumps({"rows": rows, "seconds": seconds, "peak_mib": peak, "days": len(all_days)}))
 """
 
 _BARE = """
-import json, resource, sys, time, duckdb
+import json, sys, time, duckdb
 archive, db = sys.argv[1], sys.argv[2]
 con = duckdb.connect(db)
 start = time.perf_counter()
@@ -60,7 +61,7 @@ con.execute(f"CREATE TABLE raw AS SELECT * FROM read_json('{archive}/**/*.jsonl.
             "format='newline_delimited')")
 rows = con.sql("SELECT count(*) FROM raw").fetchall()[0][0]
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print(json.dumps({"rows": rows, "seconds": seconds, "peak_mib": peak}))
 """
 

@@ -16,6 +16,7 @@ from dagster import Definitions
 from dagster_duckdb import DuckDBResource
 
 from assets.detection import detection_assets
+from assets.forensics import forensics_assets
 from assets.ingest import ingest_assets
 from assets.privacy import privacy_assets
 from assets.report import report_assets
@@ -23,7 +24,7 @@ from pipelines.jobs import daily_audit_job, daily_audit_schedule
 from pipelines.resources import AuditConfig
 from pipelines.sensors import new_archive_files
 
-ALL_ASSETS = [*ingest_assets, *detection_assets, *privacy_assets, *report_assets]
+ALL_ASSETS = [*ingest_assets, *detection_assets, *forensics_assets, *privacy_assets, *report_assets]
 
 
 def build_definitions(audit: AuditConfig, database: str) -> Definitions:

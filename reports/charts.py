@@ -128,3 +128,16 @@ def histogram(
     ax.set_ylabel("density")
     ax.legend(frameon=False, fontsize=8)
     return _done(fig)
+
+
+def fidelity_curve(queries: Sequence[int], fidelity: Sequence[float]) -> Markup:
+    """How faithful a copy trained on the subject's first n queries (in time order) would be."""
+    fig, ax = _figure(4.8, 2.6)
+    ax.plot(queries, fidelity, color=SUSPECT_COLOUR, marker="o", ms=3, lw=1.4)
+    ax.axhline(0.9, color="#222222", ls="--", lw=0.8, label="90% fidelity")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("queries received (time order)")
+    ax.set_ylabel("surrogate fidelity")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    return _done(fig)

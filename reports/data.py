@@ -169,6 +169,7 @@ def incidents(con: duckdb.DuckDBPyConnection, window: Window) -> list[dict]:
         list(scored),
     )
     for row in rows:
+        row["damage"] = _json_object(row.get("damage"))
         row["evidence"] = _json_list(row.get("evidence"))
         row["members"] = _json_list(row.get("members")) or [row.get("subject")]
     return rows
@@ -184,6 +185,14 @@ def _json_list(value) -> list:
     except (TypeError, ValueError):
         return [value]
     return parsed if isinstance(parsed, list) else [parsed]
+
+
+def _json_object(value) -> dict | None:
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def privacy_summary(out_dir: Path) -> dict | None:

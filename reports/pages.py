@@ -112,6 +112,8 @@ def write_subject_page(
         "threshold": None if scores is None else scores.threshold,
         "class_mix": _class_mix(events, population),
         "charts": _subject_charts(events, population, window),
+        "damage": (incident or {}).get("damage"),
+        "damage_chart": _damage_chart((incident or {}).get("damage")),
         "sample": _sample(events),
         "sql": d.sql_to_pull(users, window),
     }
@@ -174,6 +176,13 @@ def _subject_charts(events: pl.DataFrame, population: pl.DataFrame, window: d.Wi
             mine, xlabel="margin (top-1 − top-2 probability)", reference=pop
         )
     return result
+
+
+def _damage_chart(damage: dict | None):
+    curve = (damage or {}).get("curve") or []
+    if len(curve) < 2:
+        return None
+    return charts.fidelity_curve([int(n) for n, _ in curve], [float(f) for _, f in curve])
 
 
 def _projection(events: pl.DataFrame, population: pl.DataFrame):

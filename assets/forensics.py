@@ -1,0 +1,316 @@
+"""Forensics asset: the damage of every flagged user and group, linked Sybil groups and the
+defence replay of every incident.
+
+A thin wrapper over :mod:`audits.forensics`: reads the window's events, scores and incidents
+from DuckDB, writes the ``damage`` table (replacing the window's rows), fills
+``user_scores.est_fidelity`` / ``group_id`` and ``incidents.est_fidelity`` / ``damage`` for the
+window, and rewrites ``OUT/user_scores.parquet``. Every log-derived value reaches SQL as a bound
+parameter or a registered frame.
+"""
+
+import json
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, Config, MaterializeResult, asset
+from dagster_duckdb import DuckDBResource
+
+from assets.detection import POOL, USER_SCORES_DDL, _preview, _replace, load_reference
+from assets.detection import window_events as read_window_events
+from audits import forensics as fx
+from audits.errors import InputError
+from audits.scoring import USER_SCORES_SCHEMA
+from pipelines.resources import AuditConfig
+from pipelines.window import audit_window
+
+DAMAGE_DDL = """
+CREATE TABLE IF NOT EXISTS damage (
+    window_start DATE NOT NULL, window_end DATE NOT NULL,
+    subject VARCHAR NOT NULL, kind VARCHAR NOT NULL, members VARCHAR[],
+    est_fidelity DOUBLE, ci_low DOUBLE, ci_high DOUBLE, fidelity_probabilities DOUBLE,
+    queries BIGINT, queries_to_90 BIGINT, surrogate VARCHAR, reference VARCHAR,
+    curve VARCHAR, replay VARCHAR
+)
+"""
+DAMAGE_SCHEMA = {
+    "subject": pl.String,
+    "kind": pl.String,
+    "members": pl.List(pl.String),
+    "est_fidelity": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "fidelity_probabilities": pl.Float64,
+    "queries": pl.Int64,
+    "queries_to_90": pl.Int64,
+    "surrogate": pl.String,
+    "reference": pl.String,
+    "curve": pl.String,
+    "replay": pl.String,
+}
+
+
+class ForensicsConfig(Config):
+    """Run configuration: the defences to replay and the cost bounds."""
+
+    rate_limit_per_minute: int | None = fx.DEFAULT_RATE_LIMITS["minute"]
+    rate_limit_per_hour: int | None = fx.DEFAULT_RATE_LIMITS["hour"]
+    rate_limit_per_day: int | None = fx.DEFAULT_RATE_LIMITS["day"]
+    round_decimals: int = fx.DEFAULT_ROUND_DECIMALS
+    reference_rows: int = fx.REFERENCE_ROWS
+    seed: int = 0
+
+    def rate_limits(self) -> dict[str, int]:
+        limits = {
+            "minute": self.rate_limit_per_minute,
+            "hour": self.rate_limit_per_hour,
+            "day": self.rate_limit_per_day,
+        }
+        return {k: int(v) for k, v in limits.items() if v is not None and v > 0}
+
+
+def forensic_reference(
+    audit: AuditConfig, events: pl.DataFrame, flagged: list[str], rows: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Reference inputs and the served model's answers on them: ``--reference`` labelled by
+    ``--model`` when both are given, else a sample of unflagged users' logged traffic."""
+    reference = load_reference(audit) if audit.model else None
+    if reference is not None:
+        from audits.models import load_served_model
+
+        model = load_served_model(audit.model, trust_pickle=audit.trust_pickle)
+        if reference.shape[1] != model.n_features_in:
+            raise InputError(
+                f"reference data has {reference.shape[1]} columns, the model takes "
+                f"{model.n_features_in} inputs"
+            )
+        if len(reference) > rows:
+            pick = np.random.default_rng(seed).choice(len(reference), rows, replace=False)
+            reference = reference[np.sort(pick)]
+        return reference, np.asarray(model.predict(reference)), "reference"
+    X, y = fx.logged_reference(events, flagged, rows=rows, seed=seed)
+    return X, y, "logged"
+
+
+def _members_key(members) -> tuple[str, ...]:
+    return tuple(sorted(members))
+
+
+@asset(deps=["user_scores", "incidents"], pool=POOL, group_name="forensics")
+def forensics(
+    context: AssetExecutionContext,
+    config: ForensicsConfig,
+    duckdb: DuckDBResource,
+    audit: AuditConfig,
+) -> MaterializeResult:
+    """How much of the model each flagged user and group obtained (surrogate fidelity with a
+    bootstrap interval, fidelity against queries, queries to 90%), linked groups, and what a
+    rate limit or output minimisation would have done to each incident and to legitimate users."""
+    with duckdb.get_connection() as con:
+        window = audit_window(context, audit, con)
+        con.execute(DAMAGE_DDL)
+        if window is None:
+            return MaterializeResult(metadata={"rows": 0})
+        params = list(window)
+        con.execute(USER_SCORES_DDL)
+        scores = con.sql(
+            "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
+            "WHERE window_start = ? AND window_end = ?",
+            params=params,
+        ).pl()
+        flagged = scores.filter(pl.col("flagged").fill_null(False))["user_id"].to_list()
+        con.execute("DELETE FROM damage WHERE window_start = ? AND window_end = ?", params)
+        if not flagged:
+            context.log.info("no flagged users: no damage to estimate")
+            return MaterializeResult(metadata={"rows": 0, "flagged": 0})
+        tables = {
+            r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        incidents = (
+            con.sql(
+                "SELECT incident_id, kind, subject, members FROM incidents "
+                "WHERE window_start = ? AND window_end = ?",
+                params=params,
+            ).pl()
+            if "incidents" in tables
+            else pl.DataFrame(
+                schema={
+                    "incident_id": pl.String,
+                    "kind": pl.String,
+                    "subject": pl.String,
+                    "members": pl.List(pl.String),
+                }
+            )
+        )
+        events = read_window_events(con, window)
+        table, fidelity, groups, incident_damage = _forensics(
+            config, audit, events, scores, flagged, incidents, context
+        )
+        _write(con, window, table, fidelity, groups, incident_damage, audit)
+    return MaterializeResult(
+        metadata={
+            "rows": table.height,
+            "flagged": len(flagged),
+            "groups": len(set(groups.values())),
+            "incidents": len(incident_damage),
+            "reference": table["reference"][0] if table.height else "",
+            "window": f"{window[0]}..{window[1]}",
+            "preview": _preview(
+                table.select(
+                    "subject",
+                    "kind",
+                    "est_fidelity",
+                    "ci_low",
+                    "ci_high",
+                    "queries",
+                    "queries_to_90",
+                )
+            ),
+        }
+    )
+
+
+def _forensics(config, audit, events, scores, flagged, incidents, context):
+    from threadpoolctl import threadpool_limits
+
+    seed = config.seed
+    ref_X, ref_y, ref_kind = forensic_reference(audit, events, flagged, config.reference_rows, seed)
+    if len(ref_y) == 0:
+        raise InputError(
+            "no reference inputs: give --reference and --model, or logs of "
+            "unflagged users with predictions"
+        )
+    ref_y = fx._as_labels(ref_y)
+    columns = fx.proba_columns(events)
+    existing = dict(zip(scores["user_id"].to_list(), scores["group_id"].to_list(), strict=True))
+    groups = fx.link_groups(events, flagged, existing=existing, scale=ref_X.std(axis=0))
+    by_user = events.partition_by("user_id", as_dict=True)
+    legit = events.filter(~pl.col("user_id").is_in(flagged))
+    limits = config.rate_limits()
+
+    def subject_events(members) -> pl.DataFrame:
+        parts = [by_user[(m,)] for m in members if (m,) in by_user]
+        return pl.concat(parts) if parts else events.head(0)
+
+    damages: dict[tuple[str, ...], fx.Damage] = {}
+
+    def damage(members) -> fx.Damage:
+        key = _members_key(members)
+        if key not in damages:
+            damages[key] = fx.damage_of_events(
+                subject_events(key), ref_X, ref_y, columns=columns, seed=seed
+            )
+        return damages[key]
+
+    rows, replays = [], {}
+    subjects: list[tuple[str, str, list[str]]] = [("user", u, [u]) for u in sorted(flagged)]
+    linked: dict[str, list[str]] = {}
+    for uid, gid in groups.items():
+        linked.setdefault(gid, []).append(uid)
+    subjects += [("group", gid, sorted(m)) for gid, m in sorted(linked.items())]
+    for inc in incidents.iter_rows(named=True):
+        members = sorted(inc["members"] or [inc["subject"]])
+        if inc["kind"] == "group" and inc["subject"] not in linked:
+            subjects.append(("group", inc["subject"], members))
+    incident_damage = {}
+    with threadpool_limits(1):
+        for inc in incidents.iter_rows(named=True):
+            members = sorted(inc["members"] or [inc["subject"]])
+            key = _members_key(members)
+            d = damage(members)
+            if key not in replays:
+                replays[key] = fx.replay_defences(
+                    subject_events(key),
+                    legit,
+                    ref_X,
+                    ref_y,
+                    columns=columns,
+                    rate_limits=limits,
+                    round_decimals=config.round_decimals,
+                    baseline=d.fidelity,
+                    seed=seed,
+                )
+            incident_damage[inc["incident_id"]] = (d, replays[key])
+        seen = set()
+        for kind, subject, members in subjects:
+            if (kind, subject) in seen:
+                continue
+            seen.add((kind, subject))
+            d = damage(members)
+            replay = replays.get(_members_key(members))
+            rows.append(
+                {
+                    "subject": subject,
+                    "kind": kind,
+                    "members": members,
+                    "est_fidelity": d.fidelity,
+                    "ci_low": d.ci[0],
+                    "ci_high": d.ci[1],
+                    "fidelity_probabilities": d.fidelity_probabilities,
+                    "queries": d.queries,
+                    "queries_to_90": d.queries_to_90,
+                    "surrogate": d.surrogate,
+                    "reference": ref_kind,
+                    "curve": json.dumps(d.curve),
+                    "replay": json.dumps(replay) if replay is not None else None,
+                }
+            )
+            context.log.info(f"damage of {kind} {subject}: fidelity {d.fidelity:.3f}")
+    table = pl.DataFrame(rows, schema=DAMAGE_SCHEMA)
+    fidelity = {u: damages[(u,)].fidelity for u in flagged if (u,) in damages}
+    return table, fidelity, groups, incident_damage
+
+
+def _write(con, window, table, fidelity, groups, incident_damage, audit) -> None:
+    params = list(window)
+    _replace(con, "damage", DAMAGE_DDL, table, window)
+    updates = pl.DataFrame(
+        {
+            "user_id": list(fidelity),
+            "est_fidelity": list(fidelity.values()),
+            "group_id": [groups.get(u) for u in fidelity],
+        },
+        schema={"user_id": pl.String, "est_fidelity": pl.Float64, "group_id": pl.String},
+    )
+    con.register("_fx_users", updates.to_arrow())
+    try:
+        con.execute(
+            "UPDATE user_scores AS s SET est_fidelity = u.est_fidelity, group_id = u.group_id "
+            "FROM _fx_users AS u WHERE s.user_id = u.user_id "
+            "AND s.window_start = ? AND s.window_end = ?",
+            params,
+        )
+    finally:
+        con.unregister("_fx_users")
+    con.execute("ALTER TABLE incidents ADD COLUMN IF NOT EXISTS est_fidelity DOUBLE")
+    con.execute("ALTER TABLE incidents ADD COLUMN IF NOT EXISTS damage VARCHAR")
+    if incident_damage:
+        inc = pl.DataFrame(
+            {
+                "incident_id": list(incident_damage),
+                "est_fidelity": [d.fidelity for d, _ in incident_damage.values()],
+                "damage": [
+                    json.dumps({**d.to_dict(), "replay": r}) for d, r in incident_damage.values()
+                ],
+            },
+            schema={"incident_id": pl.String, "est_fidelity": pl.Float64, "damage": pl.String},
+        )
+        con.register("_fx_incidents", inc.to_arrow())
+        try:
+            con.execute(
+                "UPDATE incidents AS i SET est_fidelity = d.est_fidelity, damage = d.damage "
+                "FROM _fx_incidents AS d WHERE i.incident_id = d.incident_id "
+                "AND i.window_start = ? AND i.window_end = ?",
+                params,
+            )
+        finally:
+            con.unregister("_fx_incidents")
+    scores = con.sql(
+        "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
+        "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
+        params=params,
+    ).pl()
+    scores = scores.select([pl.col(c).cast(t) for c, t in USER_SCORES_SCHEMA.items()])
+    scores.write_parquet(audit.out_path / "user_scores.parquet")
+
+
+forensics_assets = [forensics]

@@ -1,0 +1,213 @@
+"""Forensics: damage estimates, group linking, defence replay, and the Dagster asset over a
+small simulated archive."""
+
+import datetime as dt
+import json
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from audits import forensics as fx
+from audits.evaluation import toy_events
+
+
+def _linear_world(seed: int = 0, width: int = 5):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(width, 3))
+
+    def label(X):
+        return (X @ W).argmax(axis=1)
+
+    ref = rng.normal(size=(1500, width))
+    return rng, W, label, ref
+
+
+def test_damage_grows_with_queries_and_reaches_the_model():
+    rng, _, label, ref = _linear_world()
+    X = rng.normal(size=(1200, ref.shape[1]))
+    d = fx.estimate_damage(X, label(X), ref, label(ref), seed=0)
+    assert d.fidelity > 0.95
+    assert d.ci[0] <= d.fidelity <= d.ci[1] and d.ci[1] - d.ci[0] < 0.05
+    assert [n for n, _ in d.curve] == sorted(n for n, _ in d.curve)
+    assert d.curve[-1] == (1200, d.fidelity) and len(d.curve) <= fx.CURVE_POINTS
+    assert d.curve[0][1] < d.fidelity
+    assert d.queries_to_90 is not None and 20 <= d.queries_to_90 <= 1200
+    small = fx.estimate_damage(X[:30], label(X[:30]), ref, label(ref), seed=0)
+    assert small.fidelity < d.fidelity
+
+
+def test_damage_labels_compare_as_text_and_constant_answers():
+    rng, _, label, ref = _linear_world(1)
+    X = rng.normal(size=(300, ref.shape[1]))
+    as_text = fx.estimate_damage(X, label(X).astype(str), ref, label(ref), seed=0)
+    as_int = fx.estimate_damage(X, label(X), ref, label(ref).astype(float), seed=0)
+    assert as_text.fidelity == as_int.fidelity
+    one = fx.estimate_damage(X, np.zeros(300, int), ref, label(ref), seed=0)
+    assert one.fidelity == pytest.approx(np.mean(label(ref) == 0), abs=1e-4)
+    assert fx.estimate_damage(X[:0], [], ref, label(ref)).queries == 0
+
+
+def test_damage_matches_the_simulators_measure():
+    """The label-trained estimate is the simulator's truth measure on another sample."""
+    from audits.simulation.fidelity import surrogate_fidelity
+
+    rng, _, label, ref = _linear_world(2)
+    X = rng.uniform(-3, 3, size=(600, ref.shape[1]))
+    holdout = rng.normal(size=(1500, ref.shape[1]))
+    truth = surrogate_fidelity(X, label(X), holdout, label(holdout), seed=0)
+    est = fx.estimate_damage(X, label(X), ref, label(ref), seed=0)
+    assert abs(est.fidelity - truth) < 0.03
+
+
+def test_probabilities_train_a_second_surrogate():
+    rng, W, label, ref = _linear_world(3)
+    X = rng.normal(size=(400, ref.shape[1]))
+    logits = X @ W
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    d = fx.estimate_damage(
+        X, label(X), ref, label(ref), probabilities=p, proba_classes=[0, 1, 2], seed=0
+    )
+    assert d.fidelity_probabilities is not None and d.fidelity_probabilities > 0.9
+
+
+def test_link_groups_finds_the_sybil_keys_and_no_benign_key():
+    events, _, truth = toy_events(0)
+    sybils = sorted(u["user_id"] for u in truth["users"] if u["kind"] == "sybil")
+    attackers = sorted(u["user_id"] for u in truth["users"] if u["kind"] == "uniform")
+    suspects = sybils + attackers + ["benign-000", "batch-000"]
+    groups = fx.link_groups(events, suspects)
+    assert {groups.get(s) for s in sybils} == {groups[sybils[0]]}
+    gid = groups[sybils[0]]
+    assert sorted(u for u, g in groups.items() if g == gid) == sybils
+    assert gid.startswith("link:")
+    kept = fx.link_groups(events, suspects, existing={s: "subnet:x" for s in sybils})
+    assert kept[sybils[0]] == "subnet:x"
+
+
+def test_rate_limit_mask_counts_per_key_and_window():
+    ts = np.array([0.0, 1, 2, 3, 61, 62, 0, 1])
+    keys = np.array(["a"] * 6 + ["b"] * 2)
+    keep = fx.rate_limit_mask(ts, keys, 2, 60)
+    assert keep.tolist() == [True, True, False, False, True, True, True, True]
+
+
+def test_replay_defences_reports_each_defence_and_its_cost():
+    events, _, truth = toy_events(1)
+    rng, _, _, _ = _linear_world()
+    X = np.asarray(events["features"].to_list())
+    # the toy's served model: argmax of the logged probabilities
+    y = np.asarray(events["prediction"].to_list())
+    pick = rng.choice(len(X), 800, replace=False)
+    ref_X, ref_y = X[pick], y[pick]
+    columns = fx.proba_columns(events)
+    subject = events.filter(pl.col("user_id") == "attacker-00")
+    legit = events.filter(pl.col("user_id").str.starts_with("benign"))
+    out = fx.replay_defences(
+        subject,
+        legit,
+        ref_X,
+        ref_y,
+        columns=columns,
+        rate_limits={"minute": 10, "day": 150},
+        round_decimals=1,
+    )
+    per_day = out["rate_limit"]["per_day"]
+    assert per_day["blocked"] == out["queries"] - 2 * 150
+    assert per_day["fidelity"] <= out["fidelity"] + 0.05
+    assert set(out["rate_limit"]) == {"per_minute", "per_day", "combined"}
+    assert out["rate_limit"]["combined"]["blocked"] >= per_day["blocked"]
+    assert per_day["legit_blocked"] == 0  # benign toy users send <= 120 a day
+    assert out["top1"]["legit_responses_changed"] == legit.height
+    assert 0 <= out["rounding"]["fidelity"] <= 1
+    json.dumps(out)
+    with pytest.raises(ValueError):
+        fx.replay_defences(subject, legit, ref_X, ref_y, rate_limits={"week": 1})
+
+
+def test_logged_reference_leaves_out_suspects():
+    events, _, _ = toy_events(2)
+    X, y = fx.logged_reference(events, ["attacker-00"], rows=500)
+    assert len(X) == len(y) <= 500 and X.shape[1] == 6
+
+
+# ---------------------------------------------------------------- the asset
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """A small simulated archive audited through the CLI (ingest + detection)."""
+    from audits.simulation import simulate
+    from pipelines.cli import main
+
+    root = tmp_path_factory.mktemp("forensics")
+    sim, out = root / "sim", root / "out"
+    truth = simulate(sim, seed=7, days=2, users=60)
+    code = main(
+        [
+            "audit",
+            "--logs",
+            str(sim / "logs"),
+            "--out",
+            str(out),
+            "--model",
+            str(sim / "model.skops"),
+            "--reference",
+            str(sim / "reference.parquet"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return sim, out, truth
+
+
+def test_forensics_asset_fills_damage_scores_and_incidents(audited):
+    from dagster import materialize
+    from dagster_duckdb import DuckDBResource
+
+    from assets.forensics import forensics
+    from pipelines.resources import AuditConfig
+
+    sim, out, truth = audited
+    db = str(out / "stealwatch.duckdb")
+    audit = AuditConfig(
+        logs=str(sim / "logs"),
+        out_dir=str(out),
+        model=str(sim / "model.skops"),
+        reference=str(sim / "reference.parquet"),
+    )
+    result = materialize(
+        [forensics], resources={"duckdb": DuckDBResource(database=db), "audit": audit}
+    )
+    assert result.success
+    scores = pl.read_parquet(out / "user_scores.parquet")
+    flagged = scores.filter(pl.col("flagged"))
+    assert flagged.height > 0
+    assert flagged["est_fidelity"].null_count() == 0
+    assert (
+        scores.filter(~pl.col("flagged"))["est_fidelity"].null_count()
+        == scores.height - flagged.height
+    )
+    fid = {u["user_id"]: u["fidelity"] for u in truth["users"] if u["fidelity"] is not None}
+    est = dict(zip(flagged["user_id"], flagged["est_fidelity"], strict=True))
+    errors = [abs(est[u] - fid[u]) for u in est if u in fid]
+    assert errors and float(np.mean(errors)) < 0.05
+    con = duckdb.connect(db, read_only=True)
+    try:
+        damage = con.sql("SELECT * FROM damage").pl()
+        incidents = con.sql("SELECT incident_id, est_fidelity, damage FROM incidents").pl()
+    finally:
+        con.close()
+    assert set(flagged["user_id"]) <= set(damage.filter(pl.col("kind") == "user")["subject"])
+    assert damage["window_start"][0] == dt.date.fromisoformat(truth["days"][0])
+    row = damage.filter(pl.col("replay").is_not_null()).row(0, named=True)
+    assert "rate_limit" in json.loads(row["replay"]) and json.loads(row["curve"])
+    assert incidents.height and incidents["est_fidelity"].null_count() == 0
+    assert "replay" in json.loads(incidents["damage"][0])
+    for g in truth["groups"]:
+        ids = {scores.filter(pl.col("user_id") == m)["group_id"][0] for m in g["members"]}
+        assert len(ids) == 1 and None not in ids
+        holders = scores.filter(pl.col("group_id") == ids.pop())["user_id"].to_list()
+        assert sorted(holders) == sorted(g["members"])
