@@ -24,7 +24,7 @@ import polars as pl
 from audits.catalog import scan_archive
 
 ENDPOINT, VARIANT = "fraud-scorer", "AllTraffic"
-PRINCIPAL_HEADER, IP_HEADER = "X-Api-Key-Id", "X-Forwarded-For"
+PRINCIPAL_HEADER, IP_HEADER, SESSION_HEADER = "X-Api-Key-Id", "X-Forwarded-For", "X-Session-Id"
 
 
 def canonical_events(logs: Path) -> Iterator[dict]:
@@ -124,6 +124,7 @@ def _add_capture(group: list[dict], rng, captures, gateway, out: Path) -> None:
             "eventId": first["event_id"],
             "inferenceId": request_id,
             "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **_custom_attributes(first),
         },
         "eventVersion": "0",
     }
@@ -146,6 +147,12 @@ def _add_capture(group: list[dict], rng, captures, gateway, out: Path) -> None:
     gateway[out / "gateway" / hour / f"access-logs-1-{stamp}"].append(json.dumps(access))
 
 
+def _custom_attributes(record: dict) -> dict:
+    """The caller's CustomAttributes: its session, when the client sends one."""
+    session = record.get("session_id")
+    return {"customAttributes": f"session_id={session}"} if session else {}
+
+
 def _answer(record: dict) -> list:
     if record.get("probabilities"):
         return record["probabilities"]
@@ -165,8 +172,9 @@ def export_kserve(
     logs: Path, out: Path, *, seed: int = 0, batch_share: float = 0.1, redelivered: int = 5
 ) -> dict:
     """Request and response CloudEvents under ``out/kserve/dt=YYYY-MM-DD/`` (gzip JSON lines):
-    V1 bodies for odd users, V2 (Open Inference Protocol) for even ones; ``redelivered``
-    requests and responses logged twice (at-least-once delivery)."""
+    V1 bodies (probabilities when logged, else labels) for odd users, V2 (Open Inference
+    Protocol) for even ones; ``redelivered`` requests and responses logged twice
+    (at-least-once delivery)."""
     rng = random.Random(seed)
     days: dict[str, list[str]] = defaultdict(list)
     count = 0
@@ -193,7 +201,7 @@ def _cloud_events(group: list[dict], rng) -> list[str]:
         "specversion": "1.0",
         "id": request_id,
         "source": "http://localhost:9081/",
-        "inferenceservicename": ENDPOINT,
+        "inferenceservicename": first.get("model_id") or ENDPOINT,
         "namespace": "models",
         "component": "predictor",
         "endpoint": "default",
@@ -214,8 +222,8 @@ def _cloud_events(group: list[dict], rng) -> list[str]:
         k = len(probabilities[0] or [])
         response_body = {
             "id": request_id,
-            "model_name": ENDPOINT,
-            "model_version": "3",
+            "model_name": first.get("model_id") or ENDPOINT,
+            "model_version": first.get("model_version") or "1",
             "outputs": [
                 {
                     "name": "predict_proba",
@@ -227,7 +235,10 @@ def _cloud_events(group: list[dict], rng) -> list[str]:
         }
     else:
         request_body = {"instances": rows}
-        response_body = {"predictions": [r.get("prediction") for r in group]}
+        # sklearnserver with predict_proba answers probabilities; a label-only model, labels
+        response_body = {
+            "predictions": [r.get("probabilities") or r.get("prediction") for r in group]
+        }
     latency = dt.timedelta(milliseconds=float(first.get("latency_ms") or 5))
     request = {
         **common,
@@ -236,6 +247,7 @@ def _cloud_events(group: list[dict], rng) -> list[str]:
         "metadata": {
             PRINCIPAL_HEADER: [first["user_id"]],
             IP_HEADER: [f"{first.get('source_ip') or '0.0.0.0'}, 10.0.0.1"],
+            **({SESSION_HEADER: [first["session_id"]]} if first.get("session_id") else {}),
         },
         "datacontenttype": "application/json",
         "data": request_body,

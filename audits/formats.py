@@ -6,12 +6,14 @@ canonical reader's: a record that cannot be mapped keeps its raw text and is rej
 
 - ``sagemaker``: SageMaker Data Capture (CSV, JSON and BASE64 bodies, batches expanded to one
   event per row), principal and IP joined from API Gateway access logs on request id
-  (``requestId`` = ``inferenceId``); no match gives ``UNKNOWN_PRINCIPAL``.
+  (``requestId`` = ``inferenceId``); no match gives ``UNKNOWN_PRINCIPAL``. The time is the
+  gateway's ``requestTimeEpoch`` (milliseconds) when joined, else ``inferenceTime`` (seconds);
+  a ``session_id=...`` (or ``session=...``) pair in ``customAttributes`` is the session.
 - ``kserve``: KServe payload-logger CloudEvents, request and response paired by ``id``, V1 and
   V2 (Open Inference Protocol) bodies, batches expanded, principal and IP from forwarded
-  metadata headers, latency from the two times. A redelivered request expands to the same
-  event ids, so it is counted as a duplicate; a request without a response (a failed call)
-  is kept with ``status`` ``"no_response"``.
+  metadata headers (and the session from a third, when forwarded), latency from the two
+  times. A redelivered request expands to the same event ids, so it is counted as a
+  duplicate; a request without a response (a failed call) is kept with ``status`` ``"no_response"``.
 - ``mapped``: a team's own JSON lines, with a TOML file naming the JSON path of each field.
 """
 
@@ -45,6 +47,7 @@ class ReaderOptions:
     gateway: pa.Table | None = None  # request_id, user_id, source_ip, latency_ms
     principal_header: str = "X-Api-Key-Id"
     ip_header: str = "X-Forwarded-For"
+    session_header: str = "X-Session-Id"
     mapping: dict[str, str] = field(default_factory=dict)  # canonical field -> JSON path
 
 
@@ -95,42 +98,49 @@ def load_mapping(path: str | Path) -> dict[str, str]:
 
 def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
     """API Gateway access logs under ``root`` (JSON lines, any file name, gzip or not) as
-    ``(request_id, user_id, source_ip, latency_ms)``, and the count of lines that could not
+    ``(request_id, user_id, source_ip, latency_ms, ts)``, and the count of lines that could not
     be used (unparseable, or without a request id)."""
     from audits.readers import decompress_recoverable
+    from audits.store import BATCH_ROWS, split_lines
 
     root = Path(root)
     if not root.exists():
         raise InputError(f"gateway logs not found: {root}")
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    lines: list[str] = []
+    tables = []
     for path in paths:
         if path.name.startswith("."):
             continue
         raw = path.read_bytes()
         data = decompress_recoverable(raw)[0] if raw[:2] == b"\x1f\x8b" else raw
-        lines += [line for line in data.decode("utf-8", errors="replace").splitlines() if line]
+        tables.append(split_lines(data)[0].select(["text"]))
+    lines = (
+        pa.concat_tables(tables) if tables else pa.table({"text": pa.array([], pa.large_string())})
+    )
     con = duckdb.connect()
-    con.register("gateway_lines", pa.table({"text": pa.array(lines, pa.large_string())}))
+    con.register("gateway_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=BATCH_ROWS)))
+    blank = "ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''"
     gateway = con.sql(
-        """
+        f"""
         WITH parsed AS (
             SELECT try(json_extract_string(text, ['$.requestId', '$.apiKeyId', '$.ip',
-                                                  '$.responseLatency'])) AS g
-            FROM gateway_lines
+                                                  '$.responseLatency', '$.requestTimeEpoch']))
+                AS g
+            FROM gateway_lines WHERE NOT ({blank})
         )
         SELECT g[1] AS request_id, nullif(g[2], '-') AS user_id, nullif(g[3], '-') AS source_ip,
-               try_cast(nullif(g[4], '-') AS DOUBLE) AS latency_ms
+               try_cast(nullif(g[4], '-') AS DOUBLE) AS latency_ms,
+               strftime(epoch_ms(try_cast(g[5] AS BIGINT)), '%Y-%m-%dT%H:%M:%S.%gZ') AS ts
         FROM parsed
         WHERE g IS NOT NULL AND g[1] IS NOT NULL AND g[1] NOT IN ('-', '')
         QUALIFY row_number() OVER (PARTITION BY g[1]) = 1
         """
     ).to_arrow_table()
-    usable = con.sql(
-        "SELECT count(*) FROM gateway_lines WHERE "
-        "try(json_extract_string(text, '$.requestId')) NOT IN ('-', '')"
-    ).fetchall()[0][0]
-    return gateway, len(lines) - usable
+    counts = con.sql(
+        f"SELECT count(*) FILTER (WHERE NOT ({blank})), count(*) FILTER (WHERE "
+        "try(json_extract_string(text, '$.requestId')) NOT IN ('-', '')) FROM gateway_lines"
+    ).fetchall()[0]
+    return gateway, counts[0] - counts[1]
 
 
 def _empty_gateway() -> pa.Table:
@@ -140,6 +150,7 @@ def _empty_gateway() -> pa.Table:
             "user_id": pa.array([], pa.string()),
             "source_ip": pa.array([], pa.string()),
             "latency_ms": pa.array([], pa.float64()),
+            "ts": pa.array([], pa.string()),
         }
     )
 
@@ -161,6 +172,7 @@ def to_canonical(
                     options.ip_header,
                     KSERVE_REQUEST,
                     KSERVE_RESPONSE,
+                    options.session_header,
                 ],
             ).to_arrow_table()
         if kind == MAPPED:
@@ -177,6 +189,15 @@ _PASS_THROUGH = """
     WHERE cut OR bad_utf8 OR ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''
 """
 
+
+def _json_list(body: str, key: str) -> str:
+    """The elements (as JSON text) of a JSON body that is a list, or an object's ``key`` list."""
+    return (
+        f"(CASE WHEN left(ltrim({body}), 1) = '[' THEN try(json_transform({body}, '[\"JSON\"]')) "
+        f'ELSE try(json_transform({body}, \'{{"{key}": ["JSON"]}}\')).{key} END)::VARCHAR[]'
+    )
+
+
 # Bodies: BASE64 is decoded first; CSV rows become JSON arrays; JSON bodies give
 # "instances"/"predictions" (or a bare list). Output rows with several numbers are
 # probabilities (the prediction is the index of the largest), a single value is a label.
@@ -189,7 +210,7 @@ WITH records AS (
             '$.captureData.endpointOutput.data', '$.captureData.endpointOutput.encoding',
             '$.captureData.endpointOutput.observedContentType',
             '$.eventMetadata.eventId', '$.eventMetadata.inferenceId',
-            '$.eventMetadata.inferenceTime'])) AS c
+            '$.eventMetadata.inferenceTime', '$.eventMetadata.customAttributes'])) AS c
     FROM format_lines
     WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
 ), bodies AS (
@@ -199,17 +220,13 @@ WITH records AS (
         c[2] = 'JSON' OR lower(c[3]) LIKE '%json%' AS json_in,
         c[5] = 'JSON' OR lower(c[6]) LIKE '%json%' AS json_out
     FROM records
-), rows_ AS (
+), rows_ AS MATERIALIZED (
     SELECT *,
-        CASE WHEN json_in THEN try(json_extract(json_extract(body_in, CASE WHEN
-                try(json_exists(body_in, '$.instances')) THEN '$.instances' ELSE '$' END),
-            '$[*]'))::VARCHAR[]
+        CASE WHEN json_in THEN {_json_list("body_in", "instances")}
              ELSE list_transform(string_split(rtrim(body_in, chr(10) || chr(13)), chr(10)),
                                  lambda r: '[' || rtrim(r, chr(13)) || ']')
         END AS inputs,
-        CASE WHEN json_out THEN try(json_extract(json_extract(body_out, CASE WHEN
-                try(json_exists(body_out, '$.predictions')) THEN '$.predictions' ELSE '$' END),
-            '$[*]'))::VARCHAR[]
+        CASE WHEN json_out THEN {_json_list("body_out", "predictions")}
              ELSE list_transform(string_split(rtrim(body_out, chr(10) || chr(13)), chr(10)),
                                  lambda r: rtrim(r, chr(13)))
         END AS outputs
@@ -229,7 +246,7 @@ WITH records AS (
 SELECT a.file_index, a.line_no,
     json_object(
         'event_id', c[7] || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END,
-        'ts', c[9],
+        'ts', coalesce(g.ts, c[9]),
         'user_id', coalesce(g.user_id, ?),
         'source_ip', g.source_ip,
         'features', coalesce(try(json(features)), to_json(features)),
@@ -239,7 +256,8 @@ SELECT a.file_index, a.line_no,
         'probabilities', probabilities,
         'latency_ms', g.latency_ms,
         'status', '200',
-        'session_id', NULL
+        'session_id', nullif(regexp_extract(c[10],
+            '(^|[;,&[:space:]])session(_id)?=([^;,&[:space:]]+)', 3), '')
     )::VARCHAR AS text,
     FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
 FROM answered a LEFT JOIN gateway g ON g.request_id = a.c[8]
@@ -251,91 +269,101 @@ UNION ALL
 {_PASS_THROUGH}
 """
 
+_KSERVE_SPEC = (
+    '{"id": "VARCHAR", "type": "VARCHAR", "time": "VARCHAR", "inferenceservicename": "VARCHAR", '
+    '"metadata": "MAP(VARCHAR, JSON)", "data": {"instances": "JSON[]", "predictions": "JSON[]", '
+    '"inputs": [{"shape": "BIGINT[]", "data": "JSON[]"}], '
+    '"outputs": [{"shape": "BIGINT[]", "data": "JSON[]"}], "model_version": "VARCHAR"}}'
+)
+
+
+def _header(position: int) -> str:
+    """The first value of the metadata header named by parameter ``position`` (any case)."""
+    value = (
+        f"map_extract_value(e.metadata, "
+        f"list_filter(map_keys(e.metadata), lambda k: lower(k) = lower(${position}))[1])"
+    )
+    return f"CASE WHEN left({value}, 1) = '[' THEN {value}->>'$[0]' ELSE {value}->>'$' END"
+
+
+def _rows(flat: str, shape: str, index: str) -> str:
+    """Row ``index`` (0-based) of a flat row-major JSON list with a 2-D ``shape``."""
+    return f"list_slice({flat}, ({index}) * {shape}[2] + 1, ({index} + 1) * {shape}[2])"
+
+
+# One typed parse of every line; batches expand to one event per instance. V1 instances and
+# predictions stay JSON text; V2 flat data is sliced by its shape.
 _KSERVE_SQL = f"""
 WITH events AS (
-    SELECT file_index, line_no, text,
-        try(json_extract(text, ['$.id', '$.type', '$.time', '$.data', '$.metadata',
-                                '$.inferenceservicename'])) AS e
+    SELECT file_index, line_no, text, try(json_transform(text, '{_KSERVE_SPEC}')) AS e
     FROM format_lines
     WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
-), typed AS (
-    SELECT *, e[1]->>'$' AS id, e[2]->>'$' AS type FROM events
-), headers AS (
-    SELECT *,
-        list_filter(json_keys(e[5]), lambda k: lower(k) = lower($1))[1] AS principal_key,
-        list_filter(json_keys(e[5]), lambda k: lower(k) = lower($2))[1] AS ip_key
-    FROM typed WHERE type = $3
-), requests AS (
-    SELECT file_index, line_no, text, id, e,
-        json_extract_string(e[5], '$."' || replace(principal_key, '"', '') || '"[0]') AS principal,
-        trim(split_part(json_extract_string(e[5], '$."' || replace(ip_key, '"', '') || '"[0]'),
-                        ',', 1)) AS ip,
-        try(json_extract(e[4], CASE WHEN try(json_exists(e[4], '$.instances'))
-                                    THEN '$.instances' ELSE '$.inputs[0].data' END)) AS raw_inputs,
-        try(json_extract(e[4], '$.inputs[0].shape')) AS shape
-    FROM headers
+), requests AS MATERIALIZED (
+    SELECT file_index, line_no, text, e.id AS id, e.time AS time,
+        e.inferenceservicename AS model_id,
+        {_header(1)} AS principal,
+        trim(split_part({_header(2)}, ',', 1)) AS ip,
+        {_header(5)} AS session,
+        CASE WHEN e.data.instances IS NOT NULL THEN e.data.instances
+             WHEN len(e.data.inputs[1].shape) = 2 THEN list_transform(
+                 range(0, e.data.inputs[1].shape[1]),
+                 lambda k: '[' || array_to_string({
+    _rows("e.data.inputs[1].data", "e.data.inputs[1].shape", "k")
+}, ',')
+                           || ']')
+             WHEN e.data.inputs[1].data IS NOT NULL
+                 THEN ['[' || array_to_string(e.data.inputs[1].data, ',') || ']']
+        END AS inputs
+    FROM events WHERE e.type = $3
 ), responses AS (
-    SELECT id, e[3]->>'$' AS time, e[4] AS body FROM typed WHERE type = $4
-    QUALIFY row_number() OVER (PARTITION BY id ORDER BY file_index, line_no) = 1
-), request_rows AS (
-    SELECT r.*, s.time AS response_time, s.body,
-        CASE WHEN shape IS NULL THEN try(json_extract(raw_inputs, '$[*]'))::VARCHAR[]
-             ELSE list_transform(
-                 range(0, (shape->>'$[0]')::BIGINT),
-                 lambda k: to_json(list_slice(
-                     json_transform(raw_inputs, '["DOUBLE"]'),
-                     k * (shape->>'$[1]')::BIGINT + 1,
-                     (k + 1) * (shape->>'$[1]')::BIGINT))::VARCHAR)
-        END AS inputs,
-        try(json_extract(s.body, CASE WHEN try(json_exists(s.body, '$.predictions'))
-                                      THEN '$.predictions' ELSE '$.outputs[0].data' END))
-            AS raw_outputs,
-        try(json_extract(s.body, '$.outputs[0].shape')) AS out_shape
-    FROM requests r LEFT JOIN responses s USING (id)
+    SELECT e.id AS id, e.time AS response_time, e.data AS body, TRUE AS has_response
+    FROM events WHERE e.type = $4
+    QUALIFY row_number() OVER (PARTITION BY e.id ORDER BY file_index, line_no) = 1
 ), instances AS (
-    SELECT *, len(inputs) AS n, unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i
-    FROM request_rows WHERE inputs IS NOT NULL AND len(inputs) > 0
+    SELECT r.*, s.response_time, s.body, s.has_response, len(inputs) AS n,
+        unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i
+    FROM requests r LEFT JOIN responses s USING (id)
+    WHERE inputs IS NOT NULL AND len(inputs) > 0
 ), answered AS (
     SELECT *,
-        CASE WHEN out_shape IS NOT NULL AND json_array_length(out_shape) = 2 THEN
-                 list_slice(json_transform(raw_outputs, '["DOUBLE"]'),
-                            (i - 1) * (out_shape->>'$[1]')::BIGINT + 1,
-                            i * (out_shape->>'$[1]')::BIGINT)
-             WHEN out_shape IS NULL AND left(answer, 1) = '['
-                 THEN json_transform(answer, '["DOUBLE"]')
+        CASE WHEN len(body.outputs[1].shape) = 2
+                 THEN try_cast({_rows("body.outputs[1].data", "body.outputs[1].shape", "i - 1")}
+                               AS DOUBLE[])
+             WHEN left(answer, 1) = '[' THEN try_cast(answer::JSON[] AS DOUBLE[])
         END AS probabilities
-    FROM (SELECT *, json_extract(raw_outputs, '$[' || (i - 1) || ']') AS answer FROM instances)
+    FROM (SELECT *, coalesce(body.predictions[i], body.outputs[1].data[i]) AS answer
+          FROM instances)
 )
 SELECT file_index, line_no,
     json_object(
         'event_id', id || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END,
-        'ts', e[3]->>'$',
+        'ts', time,
         'user_id', principal,
         'source_ip', ip,
-        'model_id', e[6]->>'$',
-        'model_version', body->>'$.model_version',
+        'session_id', session,
+        'model_id', model_id,
+        'model_version', body.model_version,
         'features', coalesce(try(json(features)), to_json(features)),
         'prediction', CASE WHEN probabilities IS NOT NULL
                            THEN (list_position(probabilities, list_max(probabilities)) - 1)::VARCHAR
                            ELSE answer->>'$' END,
         'probabilities', probabilities,
-        'status', CASE WHEN body IS NULL THEN 'no_response' ELSE '200' END,
-        'latency_ms', CASE WHEN response_time IS NOT NULL THEN
-            (epoch_us(try_cast(response_time AS TIMESTAMPTZ))
-             - epoch_us(try_cast(e[3]->>'$' AS TIMESTAMPTZ))) / 1000.0 END
+        'status', CASE WHEN has_response THEN '200' ELSE 'no_response' END,
+        'latency_ms', (epoch_us(try_cast(response_time AS TIMESTAMPTZ))
+                       - epoch_us(try_cast(time AS TIMESTAMPTZ))) / 1000.0
     )::VARCHAR AS text,
     FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
 FROM answered
 UNION ALL
-SELECT file_index, line_no, text, FALSE, FALSE, '{schema.UNMAPPABLE}' FROM request_rows
+SELECT file_index, line_no, text, FALSE, FALSE, '{schema.UNMAPPABLE}' FROM requests
 WHERE inputs IS NULL OR len(inputs) = 0
 UNION ALL
 SELECT file_index, line_no, text, FALSE, FALSE,
-    CASE WHEN e IS NOT NULL THEN '{schema.UNMAPPABLE}' END FROM typed
-WHERE e IS NULL OR type IS NULL OR type NOT IN ($3, $4)
+    CASE WHEN try(json_valid(text)) THEN '{schema.UNMAPPABLE}' END FROM events
+WHERE e IS NULL OR e.type IS NULL OR e.type NOT IN ($3, $4)
 UNION ALL
-SELECT t.file_index, t.line_no, t.text, FALSE, FALSE, '{schema.UNPAIRED_RESPONSE}' FROM typed t
-WHERE t.type = $4 AND NOT EXISTS (SELECT 1 FROM typed q WHERE q.type = $3 AND q.id = t.id)
+SELECT t.file_index, t.line_no, t.text, FALSE, FALSE, '{schema.UNPAIRED_RESPONSE}' FROM events t
+WHERE t.e.type = $4 AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.id = t.e.id)
 UNION ALL
 {_PASS_THROUGH}
 """

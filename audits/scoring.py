@@ -34,6 +34,7 @@ from audits.detectors import EXTRACTION_SIGNALS, DetectorSuite
 from audits.features import FEATURE_COLUMNS, user_features
 
 ENSEMBLE_WEIGHT = 0.1
+RANK_DECIMALS = 9
 GROUP_MEMBER_FACTOR = 2.0
 SCORE_FLOOR = 2.0
 DELAY_CHECKPOINTS = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
@@ -69,10 +70,14 @@ INCIDENTS_SCHEMA = {
 
 
 def _population_rank(values: np.ndarray, population: np.ndarray) -> np.ndarray:
-    pop = np.sort(population[np.isfinite(population)])
+    """Share of the population at or below each value. Scores are compared at 9 decimals, so
+    tied users stay tied whatever order floating-point sums ran in (the same events read from
+    another log format, or in another order, rank the same)."""
+    pop = np.sort(np.round(population[np.isfinite(population)], RANK_DECIMALS))
     if len(pop) == 0:
         return np.zeros(len(values))
-    return np.searchsorted(pop, np.nan_to_num(values, nan=-np.inf), side="right") / len(pop)
+    at = np.round(np.nan_to_num(values, nan=-np.inf), RANK_DECIMALS)
+    return np.searchsorted(pop, at, side="right") / len(pop)
 
 
 def combine(

@@ -92,7 +92,7 @@ class RawFile:
 
 # ---------------------------------------------------------------- reading
 
-_BATCH_ROWS = 1 << 16
+BATCH_ROWS = 1 << 16  # rows per Arrow batch: DuckDB scans batches in parallel
 _READ_THREADS = 4
 
 
@@ -184,7 +184,7 @@ def read_day(files: Sequence[ArchiveFile], say: Progress | None = None) -> DayRe
     if not tables:
         return DayRead(raws, pa.table({}))
     combined = pa.concat_tables(tables)
-    return DayRead(raws, pa.Table.from_batches(combined.to_batches(max_chunksize=_BATCH_ROWS)))
+    return DayRead(raws, pa.Table.from_batches(combined.to_batches(max_chunksize=BATCH_ROWS)))
 
 
 def ingest_days(
@@ -275,7 +275,9 @@ def _as_canonical(
         subset = lines.filter(pc.is_in(lines["file_index"], pa.array(indexes, pa.int32())))
         parts.append(subset if kind == CANONICAL else to_canonical(con, subset, kind, reader))
     schema_ = lines.schema
-    return pa.concat_tables([part.select(schema_.names).cast(schema_) for part in parts])
+    mapped = pa.concat_tables([part.select(schema_.names).cast(schema_) for part in parts])
+    # small batches again, so DuckDB validates them in parallel
+    return pa.Table.from_batches(mapped.to_batches(max_chunksize=BATCH_ROWS))
 
 
 def _stored_width(con: duckdb.DuckDBPyConnection) -> int | None:

@@ -195,7 +195,7 @@ def _clean(width: int | None) -> str:
         # a finite sum implies finite elements (the converse can fail on overflow: such a row
         # just takes the full rules below)
         "isfinite(list_sum(features))",
-        "(probabilities IS NULL OR isfinite(list_sum(probabilities)))",
+        "(probabilities IS NULL OR len(probabilities) = 0 OR isfinite(list_sum(probabilities)))",
         "(v.latency_ms IS NULL OR (ascii(v.latency_ms) NOT IN (34, 91, 123, 116, 102) "
         "AND isfinite(latency_ms)))",
         *(

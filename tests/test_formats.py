@@ -164,24 +164,17 @@ def test_a_bad_mapping_is_one_line_and_exit_2(
     assert code == 2 and message in err and len(err.splitlines()) == 1
 
 
-def test_simulated_traffic_reads_the_same_in_every_format(tmp_path: Path, capsys) -> None:
-    sim = tmp_path / "sim"
-    args = [
-        "simulate",
-        "--out",
-        str(sim),
-        "--seed",
-        "31",
-        "--days",
-        "1",
-        "--users",
-        "40",
-        "--formats",
-        "sagemaker,kserve",
-        "--quiet",
-    ]
-    assert main(args) == 0
-    assert "kserve" in capsys.readouterr().out
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> Path:
+    """One simulated day (40 users) with its SageMaker+gateway and KServe exports."""
+    sim = tmp_path_factory.mktemp("formats") / "sim"
+    args = ["simulate", "--out", str(sim), "--seed", "31", "--days", "1", "--users", "40"]
+    assert main([*args, "--formats", "sagemaker,kserve", "--quiet"]) == 0
+    return sim
+
+
+def test_simulated_traffic_reads_the_same_in_every_format(simulated: Path, tmp_path: Path) -> None:
+    sim = simulated
     model = ["--model", str(sim / "model.skops")]
     _audit(tmp_path / "canonical", sim / "logs", *model)
     sm = _audit(tmp_path / "sm", sim / "sagemaker", "--gateway-logs", str(sim / "gateway"), *model)
@@ -191,6 +184,35 @@ def test_simulated_traffic_reads_the_same_in_every_format(tmp_path: Path, capsys
     expected = _events(tmp_path / "canonical", False)
     assert _events(tmp_path / "sm", False) == expected
     assert _events(tmp_path / "ks", False) == expected
+
+
+def _user_scores(out: Path) -> list[tuple]:
+    con = duckdb.connect(str(out / "stealwatch.duckdb"), read_only=True)
+    rows = con.sql(
+        "SELECT user_id, round(score, 9), flagged, group_id FROM user_scores ORDER BY user_id"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+def test_unbatched_exports_give_the_canonical_per_user_scores(
+    simulated: Path, tmp_path: Path
+) -> None:
+    """Unbatched requests keep each event's own time (the gateway's millisecond request time,
+    KServe's event time) and session (CustomAttributes, a forwarded header), so every
+    behaviour feature and every per-user score equals the canonical archive's."""
+    sim, x = simulated, tmp_path / "x"
+    export_sagemaker(sim / "logs", x, seed=5, batch_share=0.0)
+    export_kserve(sim / "logs", x, seed=6, batch_share=0.0, redelivered=9)
+    model = ["--model", str(sim / "model.skops"), "--reference", str(sim / "reference.parquet")]
+    _audit(tmp_path / "canonical", sim / "logs", *model)
+    sm = _audit(tmp_path / "sm", x / "sagemaker", "--gateway-logs", str(x / "gateway"), *model)
+    ks = _audit(tmp_path / "ks", x / "kserve", *model)
+    assert sm["rejected"] == ks["rejected"] == {} and ks["duplicates"] > 0
+    expected = _user_scores(tmp_path / "canonical")
+    assert len(expected) >= 40 and any(row[2] for row in expected)
+    assert _user_scores(tmp_path / "sm") == expected
+    assert _user_scores(tmp_path / "ks") == expected
 
 
 def test_unknown_export_format_is_exit_2(tmp_path: Path, capsys) -> None:
