@@ -28,7 +28,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from audits import schema
+from audits import schema, validation
 from audits.errors import InputError
 
 CANONICAL, SAGEMAKER, KSERVE, MAPPED = "canonical", "sagemaker", "kserve", "mapped"
@@ -184,8 +184,33 @@ def to_canonical(
             con.unregister("gateway")
 
 
+_JSON_FIELDS = ("features", "probabilities", "latency_ms")
+_RECORD_COLUMNS = "NULL::VARCHAR AS text, FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject"
+_ARGMAX_OR = (
+    "CASE WHEN probabilities IS NOT NULL "
+    "THEN (list_position(probabilities, list_max(probabilities)) - 1)::VARCHAR ELSE {label} END"
+)
+
+
+def _record(**fields: str) -> str:
+    """SQL for a mapped record as the validator's typed parse would give it: features as
+    JSON text (a fragment that is not JSON becomes a JSON string, a wrong type), other
+    numbers as JSON, the rest as text; unnamed fields NULL."""
+
+    def value(name: str) -> str:
+        expr = fields.get(name)
+        if expr is None:
+            return "NULL"
+        if name == "features":
+            return f"coalesce(try(json({expr})), to_json({expr}))"
+        return f"to_json({expr})" if name in _JSON_FIELDS else f"({expr})::VARCHAR"
+
+    packed = ", ".join(f"{name} := {value(name)}" for name in validation.FIELDS)
+    return f"struct_pack({packed})::{validation.record_struct_type()}"
+
+
 _PASS_THROUGH = """
-    SELECT file_index, line_no, text, cut, bad_utf8, reject FROM format_lines
+    SELECT file_index, line_no, text, cut, bad_utf8, reject, NULL AS v FROM format_lines
     WHERE cut OR bad_utf8 OR ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''
 """
 
@@ -197,6 +222,35 @@ def _json_list(body: str, key: str) -> str:
         f'ELSE try(json_transform({body}, \'{{"{key}": ["JSON"]}}\')).{key} END)::VARCHAR[]'
     )
 
+
+_SAGEMAKER_RECORD = _record(
+    event_id="c[7] || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END",
+    ts="coalesce(g.ts, c[9])",
+    user_id="coalesce(g.user_id, ?)",
+    source_ip="g.source_ip",
+    session_id="nullif(regexp_extract(c[10], "
+    "'(^|[;,&[:space:]])session(_id)?=([^;,&[:space:]]+)', 3), '')",
+    features="features",
+    prediction=_ARGMAX_OR.format(label="trim(answer, '\"[] ')"),
+    probabilities="probabilities",
+    latency_ms="g.latency_ms",
+    status="'200'",
+)
+_KSERVE_RECORD = _record(
+    event_id="id || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END",
+    ts="time",
+    user_id="principal",
+    source_ip="ip",
+    session_id="session",
+    model_id="model_id",
+    model_version="body.model_version",
+    features="features",
+    prediction=_ARGMAX_OR.format(label="answer->>'$'"),
+    probabilities="probabilities",
+    status="CASE WHEN has_response THEN '200' ELSE 'no_response' END",
+    latency_ms="(epoch_us(try_cast(response_time AS TIMESTAMPTZ))"
+    " - epoch_us(try_cast(time AS TIMESTAMPTZ))) / 1000.0",
+)
 
 # Bodies: BASE64 is decoded first; CSV rows become JSON arrays; JSON bodies give
 # "instances"/"predictions" (or a bare list). Output rows with several numbers are
@@ -243,27 +297,12 @@ WITH records AS (
             try_cast('[' || trim(outputs[i], '[] ') || ']' AS DOUBLE[]) END AS probabilities
     FROM instances
 )
-SELECT a.file_index, a.line_no,
-    json_object(
-        'event_id', c[7] || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END,
-        'ts', coalesce(g.ts, c[9]),
-        'user_id', coalesce(g.user_id, ?),
-        'source_ip', g.source_ip,
-        'features', coalesce(try(json(features)), to_json(features)),
-        'prediction', CASE WHEN probabilities IS NOT NULL
-                           THEN (list_position(probabilities, list_max(probabilities)) - 1)::VARCHAR
-                           ELSE trim(answer, '"[] ') END,
-        'probabilities', probabilities,
-        'latency_ms', g.latency_ms,
-        'status', '200',
-        'session_id', nullif(regexp_extract(c[10],
-            '(^|[;,&[:space:]])session(_id)?=([^;,&[:space:]]+)', 3), '')
-    )::VARCHAR AS text,
-    FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
+SELECT a.file_index, a.line_no, {_RECORD_COLUMNS},
+    {_SAGEMAKER_RECORD} AS v
 FROM answered a LEFT JOIN gateway g ON g.request_id = a.c[8]
 UNION ALL
 SELECT file_index, line_no, text, FALSE, FALSE,
-    CASE WHEN try(json_valid(text)) THEN '{schema.UNMAPPABLE}' END FROM rows_
+    CASE WHEN try(json_valid(text)) THEN '{schema.UNMAPPABLE}' END, NULL FROM rows_
 WHERE c IS NULL OR c[7] IS NULL OR inputs IS NULL OR len(inputs) = 0
 UNION ALL
 {_PASS_THROUGH}
@@ -295,11 +334,11 @@ def _rows(flat: str, shape: str, index: str) -> str:
 # predictions stay JSON text; V2 flat data is sliced by its shape.
 _KSERVE_SQL = f"""
 WITH events AS (
-    SELECT file_index, line_no, text, try(json_transform(text, '{_KSERVE_SPEC}')) AS e
+    SELECT file_index, line_no, try(json_transform(text, '{_KSERVE_SPEC}')) AS e
     FROM format_lines
     WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
 ), requests AS MATERIALIZED (
-    SELECT file_index, line_no, text, e.id AS id, e.time AS time,
+    SELECT file_index, line_no, e.id AS id, e.time AS time,
         e.inferenceservicename AS model_id,
         {_header(1)} AS principal,
         trim(split_part({_header(2)}, ',', 1)) AS ip,
@@ -316,11 +355,10 @@ WITH events AS (
         END AS inputs
     FROM events WHERE e.type = $3
 ), responses AS (
-    SELECT e.id AS id, e.time AS response_time, e.data AS body, TRUE AS has_response
-    FROM events WHERE e.type = $4
+    SELECT e.id AS id, e.time AS response_time, e.data AS body FROM events WHERE e.type = $4
     QUALIFY row_number() OVER (PARTITION BY e.id ORDER BY file_index, line_no) = 1
 ), instances AS (
-    SELECT r.*, s.response_time, s.body, s.has_response, len(inputs) AS n,
+    SELECT r.*, s.response_time, s.body, s.id IS NOT NULL AS has_response, len(inputs) AS n,
         unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i
     FROM requests r LEFT JOIN responses s USING (id)
     WHERE inputs IS NOT NULL AND len(inputs) > 0
@@ -334,36 +372,24 @@ WITH events AS (
     FROM (SELECT *, coalesce(body.predictions[i], body.outputs[1].data[i]) AS answer
           FROM instances)
 )
-SELECT file_index, line_no,
-    json_object(
-        'event_id', id || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END,
-        'ts', time,
-        'user_id', principal,
-        'source_ip', ip,
-        'session_id', session,
-        'model_id', model_id,
-        'model_version', body.model_version,
-        'features', coalesce(try(json(features)), to_json(features)),
-        'prediction', CASE WHEN probabilities IS NOT NULL
-                           THEN (list_position(probabilities, list_max(probabilities)) - 1)::VARCHAR
-                           ELSE answer->>'$' END,
-        'probabilities', probabilities,
-        'status', CASE WHEN has_response THEN '200' ELSE 'no_response' END,
-        'latency_ms', (epoch_us(try_cast(response_time AS TIMESTAMPTZ))
-                       - epoch_us(try_cast(time AS TIMESTAMPTZ))) / 1000.0
-    )::VARCHAR AS text,
-    FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
+SELECT file_index, line_no, {_RECORD_COLUMNS},
+    {_KSERVE_RECORD} AS v
 FROM answered
 UNION ALL
-SELECT file_index, line_no, text, FALSE, FALSE, '{schema.UNMAPPABLE}' FROM requests
-WHERE inputs IS NULL OR len(inputs) = 0
-UNION ALL
-SELECT file_index, line_no, text, FALSE, FALSE,
-    CASE WHEN try(json_valid(text)) THEN '{schema.UNMAPPABLE}' END FROM events
-WHERE e IS NULL OR e.type IS NULL OR e.type NOT IN ($3, $4)
-UNION ALL
-SELECT t.file_index, t.line_no, t.text, FALSE, FALSE, '{schema.UNPAIRED_RESPONSE}' FROM events t
-WHERE t.e.type = $4 AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.id = t.e.id)
+SELECT l.file_index, l.line_no, l.text, FALSE, FALSE,
+    CASE WHEN reason <> 'unparsed' THEN reason
+         WHEN try(json_valid(l.text)) THEN '{schema.UNMAPPABLE}' END,
+    NULL
+FROM format_lines l JOIN (
+    SELECT file_index, line_no, '{schema.UNMAPPABLE}' AS reason FROM requests
+    WHERE inputs IS NULL OR len(inputs) = 0
+    UNION ALL
+    SELECT file_index, line_no, 'unparsed' FROM events
+    WHERE e IS NULL OR e.type IS NULL OR e.type NOT IN ($3, $4)
+    UNION ALL
+    SELECT file_index, line_no, '{schema.UNPAIRED_RESPONSE}' FROM events t
+    WHERE t.e.type = $4 AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.id = t.e.id)
+) problems USING (file_index, line_no)
 UNION ALL
 {_PASS_THROUGH}
 """
@@ -382,7 +408,7 @@ WITH mapped AS (
 )
 SELECT file_index, line_no,
     CASE WHEN v IS NULL THEN text ELSE json_object({pairs})::VARCHAR END AS text,
-    FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject
+    FALSE AS cut, FALSE AS bad_utf8, NULL::VARCHAR AS reject, NULL AS v
 FROM mapped
 UNION ALL
 {_PASS_THROUGH}

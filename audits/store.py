@@ -274,8 +274,21 @@ def _as_canonical(
             continue
         subset = lines.filter(pc.is_in(lines["file_index"], pa.array(indexes, pa.int32())))
         parts.append(subset if kind == CANONICAL else to_canonical(con, subset, kind, reader))
-    schema_ = lines.schema
-    mapped = pa.concat_tables([part.select(schema_.names).cast(schema_) for part in parts])
+    # readers hand over the records they parsed in ``v`` (see validation.validation_sql)
+    record_type = next(part.schema.field("v").type for part in parts if "v" in part.column_names)
+    schema_ = lines.schema.append(pa.field("v", record_type))
+    mapped = pa.concat_tables(
+        [
+            (
+                part
+                if "v" in part.column_names
+                else part.append_column("v", pa.nulls(part.num_rows, record_type))
+            )
+            .select(schema_.names)
+            .cast(schema_)
+            for part in parts
+        ]
+    )
     # small batches again, so DuckDB validates them in parallel
     return pa.Table.from_batches(mapped.to_batches(max_chunksize=BATCH_ROWS))
 
@@ -297,12 +310,14 @@ def _clear_partition(con: duckdb.DuckDBPyConnection, day: dt.date) -> None:
 def _validate(con: duckdb.DuckDBPyConnection, lines: pa.Table, width: int | None) -> int | None:
     """Classify every line into the temp table ``parsed``; returns the width in force (the
     given one, else the dominant width of a sample of the day's lines)."""
+    pretyped = "v" in lines.column_names
     con.register("lines_in", lines)
     try:
         if width is None:
-            row = fetch_one(con, dominant_width_sql())
+            row = fetch_one(con, dominant_width_sql(pretyped=pretyped))
             width = int(row[0]) if row and row[0] else None
-        con.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {validation_sql(width)}")
+        sql = validation_sql(width, pretyped=pretyped)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {sql}")
     finally:
         con.unregister("lines_in")
     return width

@@ -230,38 +230,64 @@ def _by_rule(rules: list[tuple[str, str, str]], pick: int) -> str:
     return f"CASE rule {arms} END"
 
 
+def record_struct_type() -> str:
+    """The SQL type of a record as the typed parse yields it; a format reader that has already
+    parsed its own records hands them over in a ``v`` column of this type."""
+    fields = ", ".join(f"{name} {_SQL_TYPES.get(name, 'VARCHAR')}" for name in FIELDS)
+    return f"STRUCT({fields})"
+
+
 def _transform_spec() -> str:
     fields = ", ".join(f'"{name}": "{_SQL_TYPES.get(name, "VARCHAR")}"' for name in FIELDS)
     return "{" + fields + "}"
 
 
-def dominant_width_sql(sample_rows: int = 20_000) -> str:
+def dominant_width_sql(sample_rows: int = 20_000, *, pretyped: bool = False) -> str:
     """SQL for the most common ``features`` length among a sample of ``lines_in``."""
+    features = "try(json_extract(text, '$.features'))"
+    if pretyped:
+        features = f"coalesce(v.features, {features})"
     return (
-        "SELECT mode(json_array_length(try(json_extract(text, '$.features')))) "
-        f"FROM (SELECT text FROM lines_in WHERE NOT cut AND NOT bad_utf8 LIMIT {sample_rows})"
+        f"SELECT mode(try(json_array_length({features}))) FROM (SELECT * FROM lines_in "
+        f"WHERE NOT cut AND NOT bad_utf8 AND reject IS NULL LIMIT {sample_rows})"
     )
 
 
-def validation_sql(width: int | None = None) -> str:
+def validation_sql(width: int | None = None, *, pretyped: bool = False) -> str:
     """SQL over ``lines_in(file_index, line_no, text, cut, bad_utf8)`` that classifies every
     non-blank line; ``cut`` marks a damaged file's partial last line; ``width``, when known,
-    is the required length of ``features``."""
+    is the required length of ``features``. With ``pretyped``, ``lines_in`` also has a ``v``
+    column (``record_struct_type``): where set, the record is taken as parsed (``text`` is
+    NULL) and its canonical JSON is written only when some rule needs it."""
     typed_elsewhere = ("ts", "features", "probabilities", "latency_ms")
     values = ",\n        ".join(
         f"v.{name} AS {name}" for name in FIELDS if name not in typed_elsewhere
     )
     rules = _rules() + ([_width_rule(width)] if width is not None else [])
+    parse = f"try(json_transform(text, '{_transform_spec()}'))"
+    blank = "ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''"
+    if pretyped:
+        lines_in = (
+            f"(SELECT * RENAME (v AS parsed_v) FROM lines_in WHERE text IS NULL OR NOT ({blank}))"
+        )
+        parse = f"coalesce(parsed_v, {parse})"
+        # the canonical JSON of a record parsed by its reader, for the rules and the quarantine
+        as_text = (
+            f"CASE WHEN text IS NULL AND NOT coalesce({_clean(width)}, FALSE) "
+            "THEN to_json(parsed_v)::VARCHAR ELSE text END"
+        )
+        typed_text = f"* REPLACE ({as_text} AS text)"
+    else:
+        lines_in = f"(SELECT * FROM lines_in WHERE NOT ({blank}))"
+        typed_text = "*"
     return f"""
 WITH lines AS (
-    SELECT *, CASE reject {_REJECT_DETAILS} END AS reject_detail FROM lines_in
-    WHERE ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+    SELECT *, CASE reject {_REJECT_DETAILS} END AS reject_detail FROM {lines_in}
 ), kinds AS (
     SELECT *,
-        CASE WHEN NOT cut AND NOT bad_utf8 AND reject IS NULL
-             THEN try(json_transform(text, '{_transform_spec()}')) END AS v
+        CASE WHEN NOT cut AND NOT bad_utf8 AND reject IS NULL THEN {parse} END AS v
     FROM lines
-), typed AS (
+), typed_values AS (
     SELECT *,
         {values},
         CASE WHEN left(v.features, 1) = '[' THEN try(json_transform(v.features, '["DOUBLE"]'))
@@ -272,6 +298,8 @@ WITH lines AS (
         v.ts AS ts_text,
         try_cast(v.ts AS TIMESTAMPTZ) AS ts_utc
     FROM kinds
+), typed AS (
+    SELECT {typed_text} FROM typed_values
 ), ruled AS (
     SELECT *, {_rule_number(rules, width)} AS rule FROM typed
 )
