@@ -120,27 +120,26 @@ def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
     con = duckdb.connect()
     con.register("gateway_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=BATCH_ROWS)))
     blank = "ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''"
+    con.execute(
+        "CREATE TEMP TABLE parsed AS SELECT try(json_extract_string(text, ['$.requestId', "
+        "'$.apiKeyId', '$.ip', '$.responseLatency', '$.requestTimeEpoch'])) AS g "
+        f"FROM gateway_lines WHERE NOT ({blank})"
+    )
     gateway = con.sql(
-        f"""
-        WITH parsed AS (
-            SELECT try(json_extract_string(text, ['$.requestId', '$.apiKeyId', '$.ip',
-                                                  '$.responseLatency', '$.requestTimeEpoch']))
-                AS g
-            FROM gateway_lines WHERE NOT ({blank})
-        )
-        SELECT g[1] AS request_id, nullif(g[2], '-') AS user_id, nullif(g[3], '-') AS source_ip,
+        """
+        SELECT DISTINCT ON (g[1])
+               g[1] AS request_id, nullif(g[2], '-') AS user_id, nullif(g[3], '-') AS source_ip,
                try_cast(nullif(g[4], '-') AS DOUBLE) AS latency_ms,
                strftime(epoch_ms(try_cast(g[5] AS BIGINT)), '%Y-%m-%dT%H:%M:%S.%gZ') AS ts
         FROM parsed
-        WHERE g IS NOT NULL AND g[1] IS NOT NULL AND g[1] NOT IN ('-', '')
-        QUALIFY row_number() OVER (PARTITION BY g[1]) = 1
+        WHERE g[1] NOT IN ('-', '')
         """
     ).to_arrow_table()
-    counts = con.sql(
-        f"SELECT count(*) FILTER (WHERE NOT ({blank})), count(*) FILTER (WHERE "
-        "try(json_extract_string(text, '$.requestId')) NOT IN ('-', '')) FROM gateway_lines"
+    (unusable,) = con.sql(
+        "SELECT count(*) FILTER (WHERE g[1] IS NULL OR g[1] IN ('-', '')) FROM parsed"
     ).fetchall()[0]
-    return gateway, counts[0] - counts[1]
+    con.close()
+    return gateway, unusable
 
 
 def _empty_gateway() -> pa.Table:
@@ -310,19 +309,28 @@ UNION ALL
 
 _KSERVE_SPEC = (
     '{"id": "VARCHAR", "type": "VARCHAR", "time": "VARCHAR", "inferenceservicename": "VARCHAR", '
-    '"metadata": "MAP(VARCHAR, JSON)", "data": {"instances": "JSON[]", "predictions": "JSON[]", '
+    '"metadata": "JSON", "data": {"instances": "JSON[]", "predictions": "JSON[]", '
     '"inputs": [{"shape": "BIGINT[]", "data": "JSON[]"}], '
     '"outputs": [{"shape": "BIGINT[]", "data": "JSON[]"}], "model_version": "VARCHAR"}}'
 )
 
 
-def _header(position: int) -> str:
-    """The first value of the metadata header named by parameter ``position`` (any case)."""
-    value = (
-        f"map_extract_value(e.metadata, "
-        f"list_filter(map_keys(e.metadata), lambda k: lower(k) = lower(${position}))[1])"
+def _header(index: int, position: int) -> str:
+    """The first value of the metadata header named by parameter ``position``: ``h[index]``
+    (looked up by its exact name), else the header of that name in any case. A header value is
+    a list of strings, or one string."""
+    any_case = (
+        "json_extract(e.metadata, '$.\"' || replace(list_filter(json_keys(e.metadata), "
+        f"lambda k: lower(k) = lower(${position}))[1], '\"', '') || '\"')"
     )
+    value = f"coalesce(h[{index}], {any_case})"
     return f"CASE WHEN left({value}, 1) = '[' THEN {value}->>'$[0]' ELSE {value}->>'$' END"
+
+
+def _exact_headers(*positions: int) -> str:
+    """The metadata headers named by the parameters at ``positions``, in one lookup."""
+    paths = ", ".join(f"'$.\"' || replace(${p}, '\"', '') || '\"'" for p in positions)
+    return f"json_extract(e.metadata, [{paths}])"
 
 
 def _rows(flat: str, shape: str, index: str) -> str:
@@ -340,9 +348,9 @@ WITH events AS (
 ), requests AS MATERIALIZED (
     SELECT file_index, line_no, e.id AS id, e.time AS time,
         e.inferenceservicename AS model_id,
-        {_header(1)} AS principal,
-        trim(split_part({_header(2)}, ',', 1)) AS ip,
-        {_header(5)} AS session,
+        {_header(1, 1)} AS principal,
+        trim(split_part({_header(2, 2)}, ',', 1)) AS ip,
+        {_header(3, 5)} AS session,
         CASE WHEN e.data.instances IS NOT NULL THEN e.data.instances
              WHEN len(e.data.inputs[1].shape) = 2 THEN list_transform(
                  range(0, e.data.inputs[1].shape[1]),
@@ -353,7 +361,7 @@ WITH events AS (
              WHEN e.data.inputs[1].data IS NOT NULL
                  THEN ['[' || array_to_string(e.data.inputs[1].data, ',') || ']']
         END AS inputs
-    FROM events WHERE e.type = $3
+    FROM (SELECT *, {_exact_headers(1, 2, 5)} AS h FROM events WHERE e.type = $3)
 ), responses AS (
     SELECT e.id AS id, e.time AS response_time, e.data AS body FROM events WHERE e.type = $4
     QUALIFY row_number() OVER (PARTITION BY e.id ORDER BY file_index, line_no) = 1
