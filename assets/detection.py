@@ -165,7 +165,7 @@ def user_scores(
         events = window_events(con, window)
         features = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
-            "WHERE window_start = ? AND window_end = ?",
+            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
             params=list(window),
         ).pl()
         if features.height == 0:
@@ -200,32 +200,37 @@ def user_scores(
     )
 
 
-@asset(deps=["events", "user_features", "user_scores"], pool=POOL, group_name="detection")
+@asset(
+    deps=["events", "user_features", "user_scores", "canary_hits"],
+    pool=POOL,
+    group_name="detection",
+)
 def incidents(
     context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
 ) -> MaterializeResult:
     """Flagged users and Sybil groups as incidents with a stable id, severity, first / last
-    seen, volume and the evidence (features that stand out vs the population)."""
+    seen, volume and the evidence (features that stand out vs the population); and every key
+    that sent a canary query (kind ``canary``, its matching events as evidence)."""
     with duckdb.get_connection() as con:
         window = _window_or_empty(context, audit, con)
         if window is None:
-            return MaterializeResult(metadata={"rows": 0})
+            return _canary_incidents_only(context, audit, con)
         params = list(window)
         events = window_events(con, window)
         features = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
-            "WHERE window_start = ? AND window_end = ?",
+            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
             params=params,
         ).pl()
         scores = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
-            "WHERE window_start = ? AND window_end = ?",
+            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
             params=params,
         ).pl()
         con.execute(SCORE_GROUPS_DDL)
         groups = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM score_groups "
-            "WHERE window_start = ? AND window_end = ?",
+            "WHERE window_start = ? AND window_end = ? ORDER BY group_id",
             params=params,
         ).pl()
         threshold = (
@@ -253,16 +258,36 @@ def incidents(
             if scores.height
             else (pl.DataFrame(schema=INCIDENTS_SCHEMA))
         )
+        table = pl.concat([table, _canary_incidents(con, window)])
         _replace(con, "incidents", INCIDENTS_DDL, table, window)
     return MaterializeResult(
         metadata={
             "rows": table.height,
             "groups": int((table["kind"] == "group").sum()) if table.height else 0,
+            "canary": int((table["kind"] == "canary").sum()) if table.height else 0,
             "preview": _preview(
                 table.select("incident_id", "kind", "subject", "severity", "n_events", "score")
             ),
         }
     )
+
+
+def _canary_incidents(con, window) -> pl.DataFrame:
+    from assets.canaries import read_hits
+    from audits.canaries import canary_incidents
+
+    hits, registry = read_hits(con, window)
+    return canary_incidents(hits, registry)
+
+
+def _canary_incidents_only(context, audit: AuditConfig, con) -> MaterializeResult:
+    """Too few users to score: a canary needs no population, so its incidents still stand."""
+    window = audit_window(context, audit, con)
+    if window is None:
+        return MaterializeResult(metadata={"rows": 0})
+    table = _canary_incidents(con, window)
+    _replace(con, "incidents", INCIDENTS_DDL, table, window)
+    return MaterializeResult(metadata={"rows": table.height, "canary": table.height})
 
 
 detection_assets = [user_features, user_scores, incidents]

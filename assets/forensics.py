@@ -56,6 +56,8 @@ class ForensicsConfig(Config):
     rate_limit_per_hour: int | None = fx.DEFAULT_RATE_LIMITS["hour"]
     rate_limit_per_day: int | None = fx.DEFAULT_RATE_LIMITS["day"]
     round_decimals: int = fx.DEFAULT_ROUND_DECIMALS
+    noise_scale: float = fx.DEFAULT_NOISE_SCALE
+    dedup_tolerance: float = fx.DEFAULT_DEDUP_TOLERANCE
     reference_rows: int = fx.REFERENCE_ROWS
     seed: int = 0
 
@@ -104,7 +106,8 @@ def forensics(
 ) -> MaterializeResult:
     """How much of the model each flagged user and group obtained (surrogate fidelity with a
     bootstrap interval, fidelity against queries, queries to 90%), linked groups, and what a
-    rate limit or output minimisation would have done to each incident and to legitimate users."""
+    rate limit, output minimisation, randomised responses or query deduplication would have done
+    to each incident and to legitimate users."""
     with duckdb.get_connection() as con:
         window = audit_window(context, audit, con)
         con.execute(DAMAGE_DDL)
@@ -114,7 +117,7 @@ def forensics(
         con.execute(USER_SCORES_DDL)
         scores = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
-            "WHERE window_start = ? AND window_end = ?",
+            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
             params=params,
         ).pl()
         flagged = scores.filter(pl.col("flagged").fill_null(False))["user_id"].to_list()
@@ -184,7 +187,8 @@ def _forensics(config, audit, events, scores, flagged, incidents, context):
     existing = dict(zip(scores["user_id"].to_list(), scores["group_id"].to_list(), strict=True))
     groups = fx.link_groups(events, flagged, existing=existing, scale=ref_X.std(axis=0))
     by_user = events.partition_by("user_id", as_dict=True)
-    legit = events.filter(~pl.col("user_id").is_in(flagged))
+    # one conversion for every replay: the legitimate costs are computed once and kept on it
+    legit = fx.traffic(events.filter(~pl.col("user_id").is_in(flagged)), ref_X.shape[1])
     limits = config.rate_limits()
 
     def subject_events(members) -> pl.DataFrame:
@@ -226,6 +230,8 @@ def _forensics(config, audit, events, scores, flagged, incidents, context):
                     columns=columns,
                     rate_limits=limits,
                     round_decimals=config.round_decimals,
+                    noise_scale=config.noise_scale,
+                    dedup_tolerance=config.dedup_tolerance,
                     baseline=d.fidelity,
                     seed=seed,
                 )

@@ -9,7 +9,16 @@ from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 from reports import data, pages
 
-REPORT_DEPS = ["ingest_summary", "user_scores", "incidents", "forensics", "privacy_audit"]
+REPORT_DEPS = [
+    "ingest_summary",
+    "user_scores",
+    "incidents",
+    "forensics",
+    "confidence_monitor",
+    "privacy_audit",
+    "canary_hits",
+    "risk_register",
+]
 
 
 @asset(deps=REPORT_DEPS, group_name="report")

@@ -8,9 +8,11 @@ and what a defence would have changed.
   against the number of queries in time order and the queries it took to reach 90%.
 - :func:`link_groups` links keys that behave as one client: a shared source address or /24,
   activity in the same hours, similar query distributions and complementary coverage.
-- :func:`replay_defences` re-runs the damage estimate on what a per-key rate limit or output
-  minimisation (top-1 labels, rounded probabilities) would have let through, and counts what
-  the same defence would have cost legitimate users over the same window.
+- :func:`replay_defences` re-runs the damage estimate on what a per-key rate limit, output
+  minimisation (top-1 labels, rounded probabilities), response randomisation
+  (:func:`randomise_probabilities`) or query deduplication (:func:`duplicate_queries`) would
+  have let through, and counts what the same defence would have cost legitimate users over the
+  same window.
 
 The surrogates mirror :mod:`audits.simulation.fidelity` (the simulator's measure of what each
 attacker actually achieved), so estimates and ground truth are comparable.
@@ -34,6 +36,8 @@ TARGET = 0.9
 MIN_CURVE_QUERIES = 20
 DEFAULT_RATE_LIMITS: dict[str, int] = {"minute": 30, "hour": 600, "day": 5_000}
 DEFAULT_ROUND_DECIMALS = 1
+DEFAULT_NOISE_SCALE = 1.0  # sd of the Gaussian noise on each log-probability
+DEFAULT_DEDUP_TOLERANCE = 0.01  # dedup grid side, in reference standard deviations
 _PERIOD_SECONDS = {"minute": 60, "hour": 3_600, "day": 86_400}
 
 
@@ -278,6 +282,7 @@ class Traffic:
     proba: np.ndarray | None
     ts_s: np.ndarray  # seconds since the epoch
     user: np.ndarray
+    costs: dict = field(default_factory=dict, repr=False)  # defence costs, computed once
 
 
 def traffic(events: pl.DataFrame, width: int | None = None) -> Traffic:
@@ -513,30 +518,145 @@ def _apply_limits(t: Traffic, limits: Mapping[str, int]) -> np.ndarray:
     return keep
 
 
+def randomise_probabilities(
+    proba: np.ndarray, *, scale: float = DEFAULT_NOISE_SCALE, seed: int = 0
+) -> np.ndarray:
+    """Randomised responses that keep every answer's top-1 class: Gaussian noise of standard
+    deviation ``scale`` added to each log-probability, renormalised (a softmax), and where the
+    noise made another class the largest, that value and the original top class's swapped back.
+    Labels never change; the probabilities an attacker could train on are blurred, by a factor
+    of about ``exp(+-scale)`` each. The same ``seed`` gives the same answers. (Chosen over
+    reverse-sigmoid poisoning because its cost to users is easy to state and to bound.)"""
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.size == 0 or scale <= 0:
+        return p.copy()
+    rng = np.random.default_rng(seed)
+    logits = np.log(np.clip(p, 1e-12, None)) + scale * rng.standard_normal(p.shape)
+    out = np.exp(logits - logits.max(axis=1, keepdims=True))
+    out /= out.sum(axis=1, keepdims=True)
+    top, now = p.argmax(axis=1), out.argmax(axis=1)
+    rows = np.nonzero(top != now)[0]
+    kept = out[rows, top[rows]].copy()
+    out[rows, top[rows]] = out[rows, now[rows]]
+    out[rows, now[rows]] = kept
+    return out
+
+
+def duplicate_queries(
+    X: np.ndarray,
+    keys: np.ndarray,
+    *,
+    tolerance: float = DEFAULT_DEDUP_TOLERANCE,
+    scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What a per-key deduplicating cache would have answered from the cache (rows in time
+    order): a query is a duplicate when an earlier query of the same key fell in the same cell
+    of a grid of side ``tolerance`` x the feature's standard deviation ``scale`` on every
+    feature (``tolerance`` 0: identical features). The cache answers it with the answer of the
+    first query of that cell, so it brings the key nothing new. Returns ``(is_duplicate,
+    source)``: ``source[i]`` is the index of the query whose answer query ``i`` gets (``i``
+    itself when it is not a duplicate)."""
+    X = np.asarray(X, dtype=np.float64)
+    n = len(X)
+    if n == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    if tolerance > 0:
+        s = np.ones(X.shape[1]) if scale is None else np.asarray(scale, dtype=np.float64)
+        s = np.where(np.isfinite(s) & (s > 0), s, 1.0)
+        cells = np.floor(X / (tolerance * s)).astype(np.int64)
+    else:
+        cells = (X + 0.0).view(np.int64)  # + 0.0 makes -0.0 and 0.0 one value
+    _, key_codes = np.unique(np.asarray(keys).astype(str), return_inverse=True)
+    rows = np.column_stack([key_codes.astype(np.int64), cells])
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    source = first[inverse.reshape(-1)].astype(np.int64)
+    return source != np.arange(n), source
+
+
+def defence_costs(
+    legit: Traffic,
+    *,
+    round_decimals: int = DEFAULT_ROUND_DECIMALS,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+    dedup_tolerance: float = DEFAULT_DEDUP_TOLERANCE,
+    scale: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict:
+    """What output minimisation, randomisation and deduplication cost the legitimate traffic
+    ``legit`` (kept on it: every incident's replay shares one computation)."""
+    key = (
+        round_decimals,
+        noise_scale,
+        dedup_tolerance,
+        seed,
+        None if scale is None else scale.tobytes(),
+    )
+    if key in legit.costs:
+        return legit.costs[key]
+    users = len(set(legit.user.tolist()))
+    has_proba = legit.proba is not None
+    rounded = randomised = 0
+    labels_changed, mean_change = 0, 0.0
+    if has_proba:
+        moved = np.abs(np.round(legit.proba, round_decimals) - legit.proba) > 0
+        rounded = int(moved.any(axis=1).sum())
+        noisy = randomise_probabilities(legit.proba, scale=noise_scale, seed=seed + 1)
+        labels_changed = int((noisy.argmax(axis=1) != legit.proba.argmax(axis=1)).sum())
+        mean_change = round(float(np.abs(noisy - legit.proba).mean()), 6) if noisy.size else 0.0
+        randomised = int((np.abs(noisy - legit.proba) > 1e-9).any(axis=1).sum())
+    dup, source = duplicate_queries(legit.X, legit.user, tolerance=dedup_tolerance, scale=scale)
+    # an exact repeat gets the answer it would have got; a near one gets its neighbour's
+    near = dup & np.any(legit.X[source] != legit.X, axis=1) if len(dup) else dup
+    flipped = near & (legit.y[source] != legit.y) if len(dup) else near
+    costs = {
+        "users": users,
+        "top1_changed": int(len(legit.y)) if has_proba else 0,
+        "top1_users": users if has_proba else 0,
+        "rounding_changed": rounded,
+        "randomisation": {
+            "legit_responses_changed": randomised,
+            "legit_labels_changed": labels_changed,
+            "legit_mean_abs_change": mean_change,
+        },
+        "dedup": {
+            "legit_duplicates": int(dup.sum()),
+            "legit_queries_affected": int(near.sum()),
+            "legit_labels_changed": int(flipped.sum()),
+            "legit_users_affected": len(set(legit.user[near].tolist())),
+        },
+    }
+    legit.costs[key] = costs
+    return costs
+
+
 def replay_defences(
     subject_events: pl.DataFrame,
-    legit_events: pl.DataFrame,
+    legit_events: pl.DataFrame | Traffic,
     reference_X: np.ndarray,
     reference_y: np.ndarray,
     *,
     columns: np.ndarray | None = None,
     rate_limits: Mapping[str, int] | None = None,
     round_decimals: int = DEFAULT_ROUND_DECIMALS,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+    dedup_tolerance: float = DEFAULT_DEDUP_TOLERANCE,
     baseline: float | None = None,
     seed: int = 0,
 ) -> dict:
     """What each defence would have done to one subject (a key or a group's keys, each
     limited separately) and what it would have cost the legitimate users ``legit_events``
-    over the same window: per rate limit (and all together) the queries blocked and the
-    fidelity the subject would have reached; for top-1 labels and rounded probabilities the
-    fidelity and the legitimate responses changed."""
+    (events, or their :func:`traffic`, which keeps the costs for the next replay) over the
+    same window: per rate limit (and all together) the queries blocked and the fidelity the
+    subject would have reached; for top-1 labels, rounded and randomised probabilities the
+    fidelity and the legitimate responses changed; for deduplication the fidelity from the
+    subject's non-duplicate queries and the legitimate queries answered from a neighbour."""
     limits = dict(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits)
     unknown = set(limits) - set(_PERIOD_SECONDS)
     if unknown:
         raise ValueError(f"unknown rate-limit periods {sorted(unknown)}: use minute/hour/day")
     width = reference_X.shape[1] if reference_X.ndim == 2 else None
     t = traffic(subject_events, width)
-    legit = traffic(legit_events, width)
+    legit = legit_events if isinstance(legit_events, Traffic) else traffic(legit_events, width)
     use_proba = t.proba is not None and columns is not None and t.proba.shape[1] == len(columns)
 
     def fid(mask: np.ndarray, proba: np.ndarray | None = None) -> float:
@@ -549,7 +669,16 @@ def replay_defences(
     everything = np.ones(len(t.y), dtype=bool)
     base = baseline if baseline is not None else fid(everything)
     soft_base = fid(everything, t.proba) if use_proba else None
-    legit_users = len(set(legit.user.tolist()))
+    scale = reference_X.std(axis=0) if reference_X.ndim == 2 and len(reference_X) else None
+    costs = defence_costs(
+        legit,
+        round_decimals=round_decimals,
+        noise_scale=noise_scale,
+        dedup_tolerance=dedup_tolerance,
+        scale=scale,
+        seed=seed,
+    )
+    legit_users = costs["users"]
     out: dict = {
         "queries": int(len(t.y)),
         "fidelity": base,
@@ -571,22 +700,34 @@ def replay_defences(
             "legit_users_affected": len(set(legit.user[~legit_keep].tolist())),
             "legit_users": legit_users,
         }
-    legit_proba = legit.proba is not None
     # top-1: the attacker keeps only labels: the label-trained surrogate is what is left
     out["top1"] = {
         "fidelity": base,
         "fidelity_without": soft_base if soft_base is not None else base,
-        "legit_responses_changed": int(len(legit.y)) if legit_proba else 0,
-        "legit_users_affected": legit_users if legit_proba else 0,
+        "legit_responses_changed": costs["top1_changed"],
+        "legit_users_affected": costs["top1_users"],
     }
-    changed = 0
-    if legit_proba:
-        moved = np.abs(np.round(legit.proba, round_decimals) - legit.proba) > 0
-        changed = int(moved.any(axis=1).sum())
     out["rounding"] = {
         "decimals": int(round_decimals),
         "fidelity": fid(everything, np.round(t.proba, round_decimals)) if use_proba else base,
         "fidelity_without": soft_base if soft_base is not None else base,
-        "legit_responses_changed": changed,
+        "legit_responses_changed": costs["rounding_changed"],
+    }
+    # randomisation keeps labels: the label-trained surrogate is unchanged (``fidelity_labels``)
+    noisy = randomise_probabilities(t.proba, scale=noise_scale, seed=seed) if use_proba else None
+    out["randomisation"] = {
+        "scale": float(noise_scale),
+        "seed": int(seed),
+        "fidelity": fid(everything, noisy) if use_proba else base,
+        "fidelity_without": soft_base if soft_base is not None else base,
+        "fidelity_labels": base,
+        **costs["randomisation"],
+    }
+    dup, _ = duplicate_queries(t.X, t.user, tolerance=dedup_tolerance, scale=scale)
+    out["dedup"] = {
+        "tolerance": float(dedup_tolerance),
+        "duplicates": int(dup.sum()),
+        "fidelity": base if not dup.any() else fid(~dup),
+        **costs["dedup"],
     }
     return out

@@ -4,7 +4,8 @@
 in-process with resources built from its arguments. Environment variables configure the
 deployed resources: ``STEALWATCH_LOGS`` (archive root), ``STEALWATCH_OUT`` (output folder),
 ``STEALWATCH_DB`` (DuckDB file, default ``$STEALWATCH_OUT/stealwatch.duckdb``),
-``STEALWATCH_MODEL``, ``STEALWATCH_REFERENCE``, ``STEALWATCH_TRAIN``, ``STEALWATCH_HOLDOUT``.
+``STEALWATCH_MODEL``, ``STEALWATCH_REFERENCE``, ``STEALWATCH_TRAIN``, ``STEALWATCH_HOLDOUT``,
+``STEALWATCH_CANARIES`` (the canary registry, TOML).
 """
 
 from __future__ import annotations
@@ -15,16 +16,28 @@ from pathlib import Path
 from dagster import Definitions
 from dagster_duckdb import DuckDBResource
 
+from assets.canaries import canary_assets
 from assets.detection import detection_assets
 from assets.forensics import forensics_assets
 from assets.ingest import ingest_assets
+from assets.monitoring import monitoring_assets
 from assets.privacy import privacy_assets
 from assets.report import report_assets
+from assets.risk import risk_assets
 from pipelines.jobs import daily_audit_job, daily_audit_schedule
 from pipelines.resources import AuditConfig
 from pipelines.sensors import new_archive_files
 
-ALL_ASSETS = [*ingest_assets, *detection_assets, *forensics_assets, *privacy_assets, *report_assets]
+ALL_ASSETS = [
+    *ingest_assets,
+    *canary_assets,
+    *detection_assets,
+    *forensics_assets,
+    *monitoring_assets,
+    *privacy_assets,
+    *risk_assets,
+    *report_assets,
+]
 
 
 def build_definitions(audit: AuditConfig, database: str) -> Definitions:
@@ -47,6 +60,7 @@ def resources_from_env() -> tuple[AuditConfig, str]:
         reference=os.environ.get("STEALWATCH_REFERENCE"),
         train=os.environ.get("STEALWATCH_TRAIN"),
         holdout=os.environ.get("STEALWATCH_HOLDOUT"),
+        canaries=os.environ.get("STEALWATCH_CANARIES"),
     )
     database = os.environ.get("STEALWATCH_DB", str(Path(out_dir) / "stealwatch.duckdb"))
     return audit, database

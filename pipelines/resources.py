@@ -22,10 +22,12 @@ class AuditConfig(ConfigurableResource):
     mapping: str | None = None
     principal_header: str = "X-Api-Key-Id"
     ip_header: str = "X-Forwarded-For"
+    session_header: str = "X-Session-Id"
     model: str | None = None
     reference: str | None = None
     train: str | None = None
     holdout: str | None = None
+    canaries: str | None = None
     label_column: str = "label"
     trust_pickle: bool = False
     start: str | None = None
@@ -43,6 +45,7 @@ class AuditConfig(ConfigurableResource):
             gateway=gateway,
             principal_header=self.principal_header,
             ip_header=self.ip_header,
+            session_header=self.session_header,
             mapping=load_mapping(self.mapping) if self.mapping else {},
         )
         return options, unusable

@@ -130,6 +130,50 @@ def histogram(
     return _done(fig)
 
 
+def confidence_trend(
+    days: Sequence[str],
+    ks_train: Sequence[float | None],
+    ks_holdout: Sequence[float | None],
+    low_margin_share: Sequence[float | None],
+    baseline_share: Sequence[float | None],
+    alerted: Sequence[bool],
+) -> Markup:
+    """Per day: the KS distance of the served confidences to the model's on training and on
+    holdout data, the low-margin share against its baseline, alerted days marked."""
+
+    def values(seq: Sequence[float | None]) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in seq], dtype=float)
+
+    fig, ax = _figure(6.4, 2.8)
+    x = np.arange(len(days))
+    share = values(low_margin_share)
+    ax.plot(x, values(ks_train), color=ACCENT, marker="o", ms=3, lw=1.4, label="KS vs training")
+    ax.plot(
+        x, values(ks_holdout), color=ALL_COLOUR, marker="s", ms=3, lw=1.4, label="KS vs holdout"
+    )
+    ax.plot(x, share, color=SUSPECT_COLOUR, marker="^", ms=3, lw=1.4, label="low-margin share")
+    ax.plot(x, values(baseline_share), color=SUSPECT_COLOUR, ls=":", lw=1.0, label="its baseline")
+    flagged = np.asarray(alerted, dtype=bool)
+    top = float(np.nanmax(np.concatenate([share, values(ks_train), values(ks_holdout), [0.0]])))
+    if flagged.any():
+        ax.scatter(
+            x[flagged],
+            np.full(flagged.sum(), top * 1.08 + 0.01),
+            marker="v",
+            s=36,
+            color="#222222",
+            label="alert",
+            zorder=3,
+        )
+    step = max(1, len(days) // 10)
+    ax.set_xticks(x[::step], [days[i] for i in range(0, len(days), step)], fontsize=7)
+    ax.set_ylim(0, top * 1.45 + 0.02)  # headroom for the legend
+    ax.set_xlabel("UTC day")
+    ax.set_ylabel("KS statistic / share")
+    ax.legend(frameon=False, fontsize=7, ncol=3, loc="upper left")
+    return _done(fig)
+
+
 def fidelity_curve(queries: Sequence[int], fidelity: Sequence[float]) -> Markup:
     """How faithful a copy trained on the subject's first n queries (in time order) would be."""
     fig, ax = _figure(4.8, 2.6)

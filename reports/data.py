@@ -62,7 +62,7 @@ def load_scores(
             return None
         frame = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
-            "WHERE window_start = ? AND window_end = ?",
+            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
             params=list(scored),
         ).pl()
     else:
@@ -195,11 +195,96 @@ def _json_object(value) -> dict | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+CANARY_EVENTS = 200  # matching events listed on a subject page
+
+
+def canary_overview(con: duckdb.DuckDBPyConnection, window: Window) -> dict | None:
+    """The canary registry checked for the window and, per canary, the keys and events that
+    matched it; ``None`` when no registry was given."""
+    if not has_table(con, "canary_registry"):
+        return None
+    scored = scored_window(con, "canary_registry", window)
+    if scored is None:
+        return None
+    canaries = _rows(
+        con,
+        "SELECT r.canary, r.canary_kind, r.definition, count(h.event_id) AS events, "
+        "count(DISTINCT h.user_id) AS n_keys, min(h.ts) AS first_seen, "
+        "list(DISTINCT h.user_id ORDER BY h.user_id) FILTER (WHERE h.user_id IS NOT NULL) "
+        "AS senders FROM canary_registry AS r LEFT JOIN canary_hits AS h "
+        "ON h.canary = r.canary AND h.window_start = r.window_start "
+        "AND h.window_end = r.window_end WHERE r.window_start = ? AND r.window_end = ? "
+        "GROUP BY ALL ORDER BY events DESC, r.canary",
+        list(scored),
+    )
+    for row in canaries:
+        row["senders"] = row["senders"] or []
+    senders = sorted({k for row in canaries for k in row["senders"]})
+    return {"canaries": canaries, "senders": senders, "events": sum(r["events"] for r in canaries)}
+
+
+def canary_hits(con: duckdb.DuckDBPyConnection, users: list[str], window: Window) -> list[dict]:
+    """The subject's events that matched a canary, with the features they sent."""
+    if not has_table(con, "canary_hits"):
+        return []
+    scored = scored_window(con, "canary_hits", window)
+    if scored is None:
+        return []
+    rows = _rows(
+        con,
+        "SELECT h.canary, h.canary_kind, h.ts, h.event_id, h.user_id, h.source_ip, h.distance, "
+        "e.features FROM canary_hits AS h LEFT JOIN events AS e ON e.event_id = h.event_id "
+        "AND e.day = h.day WHERE h.window_start = ? AND h.window_end = ? "
+        "AND list_contains(?, h.user_id) ORDER BY h.ts, h.event_id, h.canary LIMIT ?",
+        [*scored, users, CANARY_EVENTS],
+    )
+    for row in rows:
+        row["features"] = ", ".join(f"{v:.6g}" for v in row["features"] or [])
+    return rows
+
+
+def risk_tables(con: duckdb.DuckDBPyConnection, window: Window) -> dict | None:
+    """The risk register and the attack-defence matrix of the window, when they were made."""
+    if not (has_table(con, "risk_register") and has_table(con, "attack_defence_matrix")):
+        return None
+    scored = scored_window(con, "risk_register", window)
+    if scored is None:
+        return None
+    register = _rows(
+        con,
+        "SELECT * EXCLUDE (window_start, window_end) FROM risk_register "
+        "WHERE window_start = ? AND window_end = ?",
+        list(scored),
+    )
+    matrix = _rows(
+        con,
+        "SELECT * EXCLUDE (window_start, window_end) FROM attack_defence_matrix "
+        "WHERE window_start = ? AND window_end = ?",
+        list(scored),
+    )
+    defences = [c for c in (matrix[0] if matrix else {}) if c != "attack"]
+    return {"register": register, "matrix": matrix, "defences": defences}
+
+
 def privacy_summary(out_dir: Path) -> dict | None:
     path = out_dir / "privacy" / "privacy_audit.json"
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+def confidence_daily(con: duckdb.DuckDBPyConnection, window: Window) -> list[dict] | None:
+    """The window's daily confidence statistics (the ``confidence_monitor`` asset), in day
+    order; ``None`` when the monitor did not run or lacked the model and training data."""
+    if not has_table(con, "confidence_daily"):
+        return None
+    rows = _rows(
+        con,
+        "SELECT * EXCLUDE (window_start, window_end) FROM confidence_daily "
+        "WHERE window_start = ? AND window_end = ? ORDER BY day",
+        list(window),
+    )
+    return rows or None
 
 
 # ---------------------------------------------------------------- one subject (user or group)
@@ -242,7 +327,7 @@ def feature_percentiles(
         return []
     frame = con.sql(
         "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
-        "WHERE window_start = ? AND window_end = ?",
+        "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
         params=list(scored),
     ).pl()
     if "user_id" not in frame.columns:

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import spearmanr
 
+from audits.confidence import MIN_REFERENCE_GAP
 from reports import charts
 from reports import data as d
 from reports.render import render_page
@@ -42,9 +43,35 @@ def write_overview(con: duckdb.DuckDBPyConnection, window: d.Window, out_dir: Pa
         "flagged_count": len(flagged),
         "incidents": incidents,
         "privacy": d.privacy_summary(out_dir),
+        "confidence": _confidence_context(con, window),
+        "canaries": d.canary_overview(con, window),
+        "risk": d.risk_tables(con, window),
         "charts": _overview_charts(con, window, scores, flagged),
     }
     return render_page("report.html", out_dir / "report.html", **context)
+
+
+def _confidence_context(con: duckdb.DuckDBPyConnection, window: d.Window) -> dict | None:
+    """The confidence-monitoring section: the daily rows, their alerts and the trend chart."""
+    rows = d.confidence_daily(con, window)
+    if not rows:
+        return None
+    first = rows[0]
+    return {
+        "rows": rows,
+        "alerts": [r for r in rows if r["alert"]],
+        "threshold": first["low_margin_threshold"],
+        "reference_gap": first["reference_gap"],
+        "training_like_possible": (first["reference_gap"] or 0.0) >= MIN_REFERENCE_GAP,
+        "chart": charts.confidence_trend(
+            [str(r["day"]) for r in rows],
+            [r["ks_train"] for r in rows],
+            [r["ks_holdout"] for r in rows],
+            [r["low_margin_share"] for r in rows],
+            [r["baseline_share"] for r in rows],
+            [bool(r["alert"]) for r in rows],
+        ),
+    }
 
 
 def _scores_context(scores: d.Scores | None) -> dict | None:
@@ -100,13 +127,17 @@ def write_subject_page(
     score_rows = []
     if scores is not None:
         score_rows = scores.frame.filter(pl.col("user_id").is_in(users)).to_dicts()
+    canary = (incident or {}).get("kind") == "canary"  # its evidence is the canaries it sent
+    evidence = None if canary else (incident or {}).get("evidence")
     context = {
         "title": title,
         "window": window,
         "users": users,
         "incident": incident,
         "summary": _subject_summary(events),
-        "evidence": (incident or {}).get("evidence") or d.feature_percentiles(con, users, window),
+        "evidence": evidence or d.feature_percentiles(con, users, window),
+        "canary_evidence": (incident or {}).get("evidence") if canary else [],
+        "canary_hits": d.canary_hits(con, users, window),
         "score_rows": score_rows,
         "detectors": [] if scores is None else scores.detectors,
         "threshold": None if scores is None else scores.threshold,

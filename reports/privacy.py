@@ -9,6 +9,7 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from audits.forensics import DEFAULT_NOISE_SCALE
 from reports.render import SVG_RC, environment, svg_markup, write_atomically
 
 ATTACK_LABELS = {
@@ -21,6 +22,7 @@ ATTACK_LABELS = {
 GRANULARITY_LABELS = {
     "probabilities": "full probabilities",
     "rounded_2dp": "rounded to 2 decimals",
+    "randomised": "randomised (label-preserving noise)",
     "top1_label": "top-1 label only",
 }
 COLOURS = ("#1b6ca8", "#d1495b", "#e59500", "#3a9d23", "#6a4c93")
@@ -71,7 +73,8 @@ def extraction_chart(curves: list[dict], metric: str = "fidelity") -> Markup:
         axes[0].set_ylabel(f"surrogate {metric}")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=7)
-        fig.tight_layout(rect=(0, 0.16, 1, 1))
+        legend_rows = -(-len(handles) // 3)  # room for the legend: 3 rows took 0.16
+        fig.tight_layout(rect=(0, 0.02 + 0.047 * legend_rows, 1, 1))
         return svg_markup(fig)
 
 
@@ -106,6 +109,7 @@ def report_context(result: dict) -> dict:
         "r": result,
         "attack_labels": ATTACK_LABELS,
         "granularity_labels": GRANULARITY_LABELS,
+        "noise_scale": DEFAULT_NOISE_SCALE,
         "roc_svg": roc_chart(result["roc_curves"]),
         "fidelity_svg": extraction_chart(result["extraction"]["curves"], "fidelity"),
         "accuracy_svg": extraction_chart(result["extraction"]["curves"], "accuracy"),

@@ -206,6 +206,13 @@ def test_forensics_asset_fills_damage_scores_and_incidents(audited):
     assert "rate_limit" in json.loads(row["replay"]) and json.loads(row["curve"])
     assert incidents.height and incidents["est_fidelity"].null_count() == 0
     assert "replay" in json.loads(incidents["damage"][0])
+    replay = json.loads(incidents["damage"][0])["replay"]
+    assert replay["randomisation"]["legit_labels_changed"] == 0
+    assert replay["randomisation"]["legit_mean_abs_change"] > 0
+    assert 0 <= replay["dedup"]["fidelity"] <= 1 and replay["dedup"]["duplicates"] >= 0
+    pages = sorted((out / "incidents").glob("*.html"))
+    assert pages and all("query deduplication" in p.read_text() for p in pages)
+    assert all("randomised probabilities" in p.read_text() for p in pages)
     for g in truth["groups"]:
         ids = {scores.filter(pl.col("user_id") == m)["group_id"][0] for m in g["members"]}
         assert len(ids) == 1 and None not in ids

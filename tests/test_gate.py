@@ -100,6 +100,11 @@ def test_leaky_forest_fails_with_exit_1(files, tmp_path):
     assert set(cases) == {"membership_auc", "surrogate_fidelity"}
     assert cases["membership_auc"].find("failure") is not None
     assert (tmp_path / "privacy_report.html").stat().st_size > 10_000
+    granularities = {c["granularity"] for c in result["extraction"]["curves"]}
+    assert granularities == {"probabilities", "rounded_2dp", "randomised", "top1_label"}
+    randomised = result["extraction"]["output_minimisation"]["options"]["randomised"]
+    assert randomised["accuracy_cost"] == 0 and randomised["brier_increase"] > 0
+    assert "randomised (label-preserving noise)" in (tmp_path / "privacy_report.html").read_text()
 
 
 def test_regularised_logreg_passes_then_fidelity_threshold_fails(files, tmp_path):

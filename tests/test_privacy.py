@@ -217,7 +217,7 @@ def test_label_only_model_runs_label_only_paths(cancer):
 def test_extraction_curves_cover_the_grid(digits_forest_audit):
     curves = digits_forest_audit["extraction"]["curves"]
     keys = {(c["source"], c["budget"], c["granularity"]) for c in curves}
-    assert len(keys) == 2 * 2 * 3
+    assert len(keys) == 2 * 2 * len(extraction.GRANULARITIES)
     assert all(0 <= c["fidelity"] <= 1 and 0 <= c["accuracy"] <= 1 for c in curves)
     natural = [c for c in curves if c["source"] == "natural"]
     assert all(c["queries"] <= c["budget"] for c in natural)

@@ -7,6 +7,13 @@ the holdout that it never queried: fidelity (agreement with the served model) an
 (budgets above its size use all of it and say so); noise queries are uniform over each
 feature's observed range. Probability answers train the surrogate on soft labels (each query
 repeated per class, weighted by that class's probability).
+
+Granularities: the probabilities as served, rounded to 2 decimals, ``randomised`` (label-
+preserving noise on the log-probabilities, :func:`audits.forensics.randomise_probabilities`,
+the mechanism the incident replay uses, seeded by the study's seed) and the top-1 label only.
+Query deduplication is not a granularity here: the study's query sets (holdout rows drawn
+without replacement, continuous uniform noise) hold no repeated or near-repeated queries, so a
+deduplicating cache would change nothing; the incident replay measures it on logged traffic.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 DEFAULT_BUDGETS = (100, 300, 1000, 3000, 10000)
-GRANULARITIES = ("probabilities", "rounded_2dp", "top1_label")
+GRANULARITIES = ("probabilities", "rounded_2dp", "randomised", "top1_label")
 SOURCES = ("natural", "uniform_noise")
 FAMILIES = ("logistic_regression", "gradient_boosting", "mlp")
 MAX_EVAL_ROWS = 2000
@@ -53,12 +60,19 @@ def make_surrogate(family: str, seed: int):
     raise ValueError(f"unknown surrogate family {family!r}")
 
 
-def served_output(proba: np.ndarray | None, labels: np.ndarray, granularity: str, k: int):
-    """What the API returns at one granularity: probabilities (maybe rounded) or one-hot labels."""
+def served_output(
+    proba: np.ndarray | None, labels: np.ndarray, granularity: str, k: int, seed: int = 0
+):
+    """What the API returns at one granularity: probabilities (maybe rounded or randomised with
+    ``seed``) or one-hot labels."""
     if granularity == "top1_label" or proba is None:
         return np.eye(k)[labels]
     if granularity == "rounded_2dp":
         return np.round(proba, 2)
+    if granularity == "randomised":
+        from audits.forensics import randomise_probabilities
+
+        return randomise_probabilities(proba, seed=seed)
     return proba
 
 
@@ -182,7 +196,7 @@ def _surrogate_scores(study: ExtractionStudy, X: np.ndarray, families) -> list[d
     proba, labels = study.answers(X)
     rows = []
     for granularity in granularities_for(study.served):
-        targets = served_output(proba, labels, granularity, study.k)
+        targets = served_output(proba, labels, granularity, study.k, seed=study.seed)
         for family in families:
             fidelity, accuracy = study.score(fit_surrogate(family, X, targets, study.seed))
             rows.append(
@@ -202,13 +216,13 @@ def best_at(curves: list[dict], budget: int, granularity: str) -> dict | None:
     return max(rows, key=lambda c: (c["fidelity"], c["accuracy"])) if rows else None
 
 
-def user_cost(served, holdout, granularity: str) -> dict:
+def user_cost(served, holdout, granularity: str, seed: int = 0) -> dict:
     """What one output option costs legitimate users: top-1 accuracy and Brier score."""
     proba = served.predict_proba(holdout.X)
     k = len(served.classes_)
     lookup = {str(c): i for i, c in enumerate(served.classes_.tolist())}
     labels = np.array([lookup[str(v)] for v in served.predict(holdout.X).tolist()])
-    output = served_output(proba, labels, granularity, k)
+    output = served_output(proba, labels, granularity, k, seed=seed)
     top1 = labels if granularity == "top1_label" or proba is None else output.argmax(axis=1)
     onehot = np.eye(k)[holdout.y]
     return {
@@ -217,11 +231,11 @@ def user_cost(served, holdout, granularity: str) -> dict:
     }
 
 
-def output_minimisation(served, holdout, curves: list[dict], budget: int) -> dict:
+def output_minimisation(served, holdout, curves: list[dict], budget: int, seed: int = 0) -> dict:
     """Per output option: cost to users and best surrogate fidelity; plus a recommendation."""
     options = {}
     for granularity in granularities_for(served):
-        cost = user_cost(served, holdout, granularity)
+        cost = user_cost(served, holdout, granularity, seed)
         best = best_at(curves, budget, granularity)
         options[granularity] = {
             **cost,

@@ -150,7 +150,9 @@ def _extraction_section(model, holdout, budget, budgets, families, seed, progres
             "families": list(families),
             "served_as": served_as,
             "curves": curves,
-            "output_minimisation": extraction.output_minimisation(model, holdout, curves, budget),
+            "output_minimisation": extraction.output_minimisation(
+                model, holdout, curves, budget, seed
+            ),
         },
         "query_budget": budget,
         "surrogate_fidelity": best["fidelity"],

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from audits.errors import InputError
+from audits.simulation import docs as docs_mod
 from audits.simulation import roster as roster_mod
 from audits.simulation.attacks import ATTACKS, sybil_group
 from audits.simulation.faults import DayFiles, FaultInjector, Tally, cut_gzip
@@ -52,6 +53,7 @@ OUTPUTS = (
     "holdout.parquet",
     "reference.parquet",
     "truth.json",
+    docs_mod.REGISTRY_NAME,  # the canaries planted in the simulated API's sample data
     "sagemaker",  # the same traffic in serving-stack formats (simulate --formats)
     "gateway",
     "kserve",
@@ -79,15 +81,18 @@ def simulate(
     first = _check_arguments(seed, days, users, start)
     out = _prepare_out_dir(Path(out_dir))
     with _one_thread():
-        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
         world, holdout = _served_model(out, rngs[0], seed, days, say)
         roster = roster_mod.build(users, rngs[1])
         say(f"generating traffic of {users} users over {days} days")
         streams = _traffic(world, roster, rngs[2])
+        docs = docs_mod.plant(world, roster, streams, rngs[6])
+        (out / docs_mod.REGISTRY_NAME).write_text(docs.registry())
         events = _assemble(world, streams, first, rngs[3], say)
         expected = _write_archive(out, events, roster, faults, seed, rngs[4], say)
         say("measuring each attacker's surrogate fidelity")
         truth = _truth(seed, first, world, roster, events, holdout, expected)
+        truth["canaries"] = _canary_truth(docs, roster, events)
     (out / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
     return truth
 
@@ -283,6 +288,18 @@ def _write_archive(
 
 
 # ---------------------------------------------------------------- truth
+
+
+def _canary_truth(docs: docs_mod.Docs, roster: Roster, events: Events) -> dict:
+    """Who sent a canary (from what was sent, not from the audit's matcher)."""
+    ids = [m.user_id for m in roster.members]
+    order = np.argsort(events.user, kind="stable")
+    bounds = np.searchsorted(events.user[order], np.arange(len(ids) + 1))
+    user_x = {ids[i]: events.x[order[bounds[i] : bounds[i + 1]]] for i in range(len(ids))}
+    out = docs_mod.truth(docs, user_x, docs_mod.REGISTRY_NAME)
+    out["scraper"] = None if docs.scraper is None else ids[docs.scraper]
+    out["docs_tester"] = None if docs.tester is None else ids[docs.tester]
+    return out
 
 
 def _truth(

@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--holdout", help="held-out data, for the privacy audit")
     parser.add_argument("--label-column", default="label", help="label column (default: label)")
     parser.add_argument(
+        "--canaries",
+        help="canary registry (TOML): vectors and rules no legitimate client sends; "
+        "any key that sends one is an incident",
+    )
+    parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow loading a pickle/joblib model (runs code from the file)",
@@ -57,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ip-header",
         default="X-Forwarded-For",
         help="KServe metadata header with the client IP (default: X-Forwarded-For)",
+    )
+    parser.add_argument(
+        "--session-header",
+        default="X-Session-Id",
+        help="KServe metadata header with the session id, when forwarded (default: X-Session-Id)",
     )
     parser.add_argument("--start", help="first UTC day to audit, YYYY-MM-DD")
     parser.add_argument("--end", help="last UTC day to audit, YYYY-MM-DD")
@@ -111,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
         parse_day(args.start, "--start"),
         parse_day(args.end, "--end"),
     )
+    canaries = _existing(args.canaries, "canary registry")
+    if canaries:
+        from audits.canaries import load_registry
+
+        load_registry(canaries)  # fail now on a bad registry
     if args.model:  # fail before any work on a model that cannot be loaded
         from audits.models import load_served_model
 
@@ -128,10 +143,12 @@ def run(args: argparse.Namespace) -> int:
         mapping=mapping,
         principal_header=args.principal_header,
         ip_header=args.ip_header,
+        session_header=args.session_header,
         model=_existing(args.model, "model"),
         reference=_existing(args.reference, "reference data"),
         train=_existing(args.train, "training data"),
         holdout=_existing(args.holdout, "holdout data"),
+        canaries=canaries,
         label_column=args.label_column,
         trust_pickle=args.trust_pickle,
         start=start.isoformat(),
@@ -148,6 +165,12 @@ def run(args: argparse.Namespace) -> int:
         f"{sum(summary['rejected'].values())} rejected",
         file=sys.stderr,
     )
+    if (out / "risk_register.csv").exists():
+        print(
+            f"risk register: {out / 'risk_register.csv'} "
+            f"(attack-defence matrix: {out / 'attack_defence_matrix.csv'})",
+            file=sys.stderr,
+        )
     for name in ("report.html", "ingest_summary.json"):
         if (out / name).exists():
             print(out / name)

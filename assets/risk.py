@@ -1,0 +1,168 @@
+"""Risk asset: the release review's risk register and attack-defence matrix for the window.
+
+A thin wrapper over :mod:`audits.risk`: gathers the window's incidents (with forensics'
+damage and defence replay), linked groups, canary hits, the privacy audit's result, the
+``confidence_daily`` rows when confidence monitoring ran, and what the logs show about the
+controls in place (busiest key per minute / hour / day, whether and how precisely
+probabilities are served, repeated queries per key). Writes the ``risk_register`` and
+``attack_defence_matrix`` tables (replacing the window's rows) and ``OUT/risk_register.csv``
+and ``OUT/attack_defence_matrix.csv`` (atomic writes).
+"""
+
+import json
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from assets.canaries import read_hits
+from assets.detection import POOL, _preview, _replace
+from audits import risk
+from pipelines.resources import AuditConfig
+from pipelines.window import audit_window
+
+RISK_REGISTER_DDL = (
+    "CREATE TABLE IF NOT EXISTS risk_register (window_start DATE NOT NULL, "
+    "window_end DATE NOT NULL, " + ", ".join(f"{c} VARCHAR" for c in risk.REGISTER_COLUMNS) + ")"
+)
+DEFENCE_MATRIX_DDL = (
+    "CREATE TABLE IF NOT EXISTS attack_defence_matrix (window_start DATE NOT NULL, "
+    "window_end DATE NOT NULL, attack VARCHAR, "
+    + ", ".join(f"{c} VARCHAR" for c in risk.DEFENCES)
+    + ")"
+)
+PROBABILITY_SAMPLE = 2_000
+
+
+def _tables(con) -> set[str]:
+    return {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def _window_rows(con, table: str, window, order: str) -> pl.DataFrame:
+    return con.sql(
+        f"SELECT * EXCLUDE (window_start, window_end) FROM {table} "
+        f"WHERE window_start = ? AND window_end = ? ORDER BY {order}",
+        params=list(window),
+    ).pl()
+
+
+def findings(con, window, audit: AuditConfig) -> risk.Findings:
+    """Everything the register is generated from, read from the store and the output folder."""
+    tables = _tables(con)
+    incidents = (
+        _window_rows(con, "incidents", window, "incident_id")
+        if "incidents" in tables
+        else pl.DataFrame(schema={"kind": pl.String, "subject": pl.String})
+    )
+    damage = _window_rows(con, "damage", window, "kind, subject") if "damage" in tables else None
+    hits, registry = read_hits(con, window)
+    confidence = None
+    if "confidence_daily" in tables:
+        confidence = _window_rows(con, "confidence_daily", window, "day")
+    detection_ran = "user_scores" in tables and bool(
+        con.sql(
+            "SELECT count(*) FROM user_scores WHERE window_start = ? AND window_end = ?",
+            params=list(window),
+        ).fetchall()[0][0]
+    )
+    privacy_path = audit.out_path / "privacy" / "privacy_audit.json"
+    privacy = json.loads(privacy_path.read_text()) if privacy_path.exists() else None
+    return risk.Findings(
+        incidents=incidents,
+        damage=damage,
+        privacy=privacy,
+        canary_hits=hits if registry.height else None,
+        canaries=registry.height,
+        confidence=confidence,
+        usage=_usage(con, window),
+        controls=_controls(con, window),
+        detection_ran=detection_ran,
+    )
+
+
+def _usage(con, window) -> pl.DataFrame:
+    return con.sql(
+        "SELECT user_id, count(*) AS n, count(DISTINCT features) AS unique_queries "
+        "FROM events WHERE day BETWEEN ? AND ? GROUP BY user_id ORDER BY user_id",
+        params=list(window),
+    ).pl()
+
+
+def _controls(con, window) -> dict:
+    """What the logs show: the busiest key per minute, hour and day, and how probabilities
+    are served."""
+    params = list(window)
+    busiest = {}
+    for name, unit in (("minute", "minute"), ("hour", "hour"), ("day", "day")):
+        busiest[f"max_per_{name}"] = con.sql(
+            f"SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM events "
+            f"WHERE day BETWEEN ? AND ? GROUP BY user_id, date_trunc('{unit}', ts))",
+            params=params,
+        ).fetchall()[0][0]
+    total, with_proba = con.sql(
+        "SELECT count(*), count(probabilities) FROM events WHERE day BETWEEN ? AND ?",
+        params=params,
+    ).fetchall()[0]
+    sample = con.sql(
+        "SELECT probabilities FROM events WHERE day BETWEEN ? AND ? AND probabilities IS NOT NULL "
+        "ORDER BY hash(event_id), event_id LIMIT ?",
+        params=[*params, PROBABILITY_SAMPLE],
+    ).fetchall()
+    return {
+        **busiest,
+        "probabilities_share": with_proba / total if total else None,
+        "probability_decimals": _decimals([v for (row,) in sample for v in row or []]),
+    }
+
+
+def _decimals(values: list[float], most: int = 9) -> int | None:
+    """The fewest decimals that represent every sampled probability."""
+    if not values:
+        return None
+    v = np.asarray(values, dtype=np.float64)
+    for d in range(most + 1):
+        if np.all(np.abs(np.round(v, d) - v) <= 1e-12):
+            return d
+    return None
+
+
+@asset(
+    deps=["incidents", "forensics", "privacy_audit", "canary_hits", "confidence_monitor"],
+    pool=POOL,
+    group_name="report",
+)
+def risk_register(
+    context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
+) -> MaterializeResult:
+    """Per threat (extraction, Sybil extraction, membership inference, canary
+    reconnaissance, training-data-like traffic, boundary probing): the evidence of this audit,
+    likelihood, impact, risk, the control in place and the one to add; and the matrix of what
+    each defence did against each attack in this audit."""
+    with duckdb.get_connection() as con:
+        con.execute(RISK_REGISTER_DDL)
+        con.execute(DEFENCE_MATRIX_DDL)
+        window = audit_window(context, audit, con)
+        if window is None:
+            return MaterializeResult(metadata={"rows": 0, "status": "no events"})
+        found = findings(con, window, audit)
+        register = risk.risk_register(found)
+        matrix = risk.defence_matrix(found)
+        _replace(con, "risk_register", RISK_REGISTER_DDL, register, window)
+        _replace(con, "attack_defence_matrix", DEFENCE_MATRIX_DDL, matrix, window)
+    out = audit.out_path
+    path = risk.write_csv_atomic(register, out / "risk_register.csv")
+    matrix_path = risk.write_csv_atomic(matrix, out / "attack_defence_matrix.csv")
+    return MaterializeResult(
+        metadata={
+            "rows": register.height,
+            "high": int((register["risk"] == risk.HIGH).sum()),
+            "path": MetadataValue.path(str(path)),
+            "matrix": MetadataValue.path(str(matrix_path)),
+            "window": f"{window[0]}..{window[1]}",
+            "preview": _preview(register.select("threat", "likelihood", "impact", "risk")),
+        }
+    )
+
+
+risk_assets = [risk_register]
