@@ -182,7 +182,7 @@ def _forensics(config, audit, events, scores, flagged, incidents, context):
             "no reference inputs: give --reference and --model, or logs of "
             "unflagged users with predictions"
         )
-    ref_y = fx._as_labels(ref_y)
+    ref_y = fx.as_labels(ref_y)
     columns = fx.proba_columns(events)
     existing = dict(zip(scores["user_id"].to_list(), scores["group_id"].to_list(), strict=True))
     groups = fx.link_groups(events, flagged, existing=existing, scale=ref_X.std(axis=0))

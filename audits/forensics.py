@@ -88,7 +88,7 @@ def _surrogates(seed: int):
     )
 
 
-def _as_labels(values) -> np.ndarray:
+def as_labels(values) -> np.ndarray:
     """Labels as text, so logged (``"1"``) and model (``1``) answers compare equal."""
     arr = np.asarray(values)
     if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
@@ -191,10 +191,10 @@ def estimate_damage(
     served labels ``answers``; ``probabilities`` (columns = ``proba_classes``) when the logs
     show them. ``reference_y`` is the served model's answer on each ``reference_X`` row."""
     X = np.asarray(features, dtype=np.float64)
-    y = _as_labels(answers)
+    y = as_labels(answers)
     ref_X = np.asarray(reference_X, dtype=np.float64)
-    ref_y = _as_labels(reference_y)
-    columns = _as_labels(proba_classes) if proba_classes is not None else None
+    ref_y = as_labels(reference_y)
+    columns = as_labels(proba_classes) if proba_classes is not None else None
     proba = None
     if probabilities is not None and columns is not None:
         proba = np.asarray(probabilities, dtype=np.float64)

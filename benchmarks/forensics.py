@@ -79,7 +79,7 @@ def timing(sim: Path, n: int) -> dict:
     events = events_from_archive(sim / "logs")
     model = load_served_model(sim / "model.skops")
     ref = pl.read_parquet(sim / "reference.parquet").to_numpy()[: fx.REFERENCE_ROWS]
-    ref_y = fx._as_labels(model.predict(ref))
+    ref_y = fx.as_labels(model.predict(ref))
     load_s = time.perf_counter() - t0
     attackers = [u["user_id"] for u in truth["users"] if u["role"] == "attacker"]
     busiest = events.group_by("user_id").len().sort("len", descending=True)["user_id"].to_list()

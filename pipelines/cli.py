@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.commands.investigate",
     "pipelines.commands.evaluate",
     "pipelines.commands.gate",
+    "pipelines.commands.ownership",
 )
 
 

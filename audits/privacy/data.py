@@ -59,13 +59,14 @@ def to_labelled(
         )
     return LabelledSet(
         name=name,
-        X=_features(frame.select(features), name),
+        X=numeric_features(frame.select(features), name),
         y=label_indices(frame[label_column], classes, name),
         columns=tuple(features),
     )
 
 
-def _features(frame: pl.DataFrame, name: str) -> np.ndarray:
+def numeric_features(frame: pl.DataFrame, name: str) -> np.ndarray:
+    """The frame as a float matrix; one-line errors for non-numeric, missing or non-finite."""
     bad = [c for c, t in frame.schema.items() if not (t.is_numeric() or t == pl.Boolean)]
     if bad:
         raise InputError(f"{name} has non-numeric feature columns: {', '.join(bad[:5])}")

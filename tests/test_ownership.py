@@ -1,0 +1,213 @@
+"""The ownership check on a simulated archive: fingerprint, copies trained from the logged
+attackers are recognised, independent models are not, bad input exits 2, the page escapes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import skops.io as sio
+
+from audits import ownership as own
+from audits.evaluation import events_from_archive
+from audits.models import load_served_model
+from pipelines.cli import main
+
+# small but real: 60 inputs from 6 x 300 candidates, 5 families x 3 null models on 3000 rows
+SMALL = ["--n", "60", "--candidates", "300", "--null-seeds", "3", "--train-rows", "3000", "--quiet"]
+
+
+def table(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    frame = pl.read_parquet(path)
+    return frame.drop("label").to_numpy().astype(float), frame["label"].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> dict:
+    """A simulated archive, its fingerprint made through the CLI, and suspects on disk."""
+    from audits.simulation import simulate
+
+    root = tmp_path_factory.mktemp("ownership")
+    sim = root / "sim"
+    truth = simulate(sim, seed=7, days=1, users=20)
+    fp = root / "fingerprint.json"
+    argv = [
+        "fingerprint",
+        "--model",
+        str(sim / "model.skops"),
+        "--train",
+        str(sim / "train.parquet"),
+        "--reference",
+        str(sim / "reference.parquet"),
+        "--out",
+        str(fp),
+        *SMALL,
+    ]
+    assert main(argv) == 0
+    return {"root": root, "sim": sim, "truth": truth, "fingerprint": fp}
+
+
+def verify_cli(archive: dict, suspect: Path, *extra: str) -> int:
+    argv = ["verify", "--fingerprint", str(archive["fingerprint"]), "--suspect", str(suspect)]
+    return main([*argv, *extra])
+
+
+def test_fingerprint_file_is_json_with_points_labels_and_null(archive):
+    data = json.loads(archive["fingerprint"].read_text())
+    assert data["format"] == own.FORMAT
+    points = np.asarray(data["points"])
+    assert points.shape == (60, 12) and np.isfinite(points).all()
+    served = load_served_model(archive["sim"] / "model.skops")
+    assert data["model"]["sha256"] == served.sha256
+    # the stored labels are the served model's answers, and none sits on the boundary
+    assert own.as_labels(served.predict(points)).tolist() == data["labels"]
+    assert (own.served_margin(served, points) >= own.MIN_MARGIN).all()
+    assert len(data["null"]) == 3 * len(own.NULL_FAMILIES)
+    assert sum(data["region_counts"].values()) == 60
+    # selected where copies agree and independent models do not
+    null_mean = np.mean([r["agreement"] for r in data["null"]])
+    copy_mean = np.mean([r["agreement"] for r in data["copies"]])
+    assert copy_mean > null_mean + 0.15
+
+
+def test_served_model_itself_is_a_copy(archive, capsys):
+    assert verify_cli(archive, archive["sim"] / "model.skops") == 0
+    out = capsys.readouterr().out
+    assert "agreement: 1.0000" in out and "verdict: copy" in out
+
+
+def test_attacker_copies_are_recognised_and_independent_models_are_not(archive, capsys):
+    """Copies trained on logged attacker traffic (skops and ONNX) vs models trained on the
+    ground truth the served model never saw."""
+    sim, root = archive["sim"], archive["root"]
+    truth = archive["truth"]
+    events = events_from_archive(sim / "logs")
+    attackers = [u["user_id"] for u in truth["users"] if u["role"] == "attacker"]
+    union = events.filter(pl.col("user_id").is_in(attackers))  # every attacker's answers
+    copy = own.train_copy(union, "logistic_regression", width=12, seed=0)
+    boosted = own.train_copy(union, "gradient_boosting", width=12, seed=0)
+    mlp = own.train_copy(union, "mlp", width=12, seed=0)
+    assert copy is not None and boosted is not None and mlp is not None
+    sio.dump(copy, root / "copy.skops")
+    sio.dump(boosted, root / "boosted.skops")
+    sio.dump(mlp, root / "mlp.skops")
+    onnx_path = root / "copy.onnx"
+    to_onnx(copy, onnx_path)
+    hold_X, hold_y = table(sim / "holdout.parquet")
+    independent = own.fit_quietly(own.make_model("logistic_regression", 5), hold_X, hold_y)
+    sio.dump(independent, root / "independent.skops")
+
+    fingerprint = own.load_fingerprint(archive["fingerprint"])
+    expected = {
+        "copy.skops": "logistic_regression",
+        "copy.onnx": "logistic_regression",
+        "boosted.skops": "gradient_boosting",
+        "mlp.skops": "mlp",
+    }
+    for name, family in expected.items():
+        result = own.verify(fingerprint, load_served_model(root / name))
+        assert result["verdict"] == "copy", (name, result["agreement"], result["p_value"])
+        assert (result["matched_family"], result["matched_by"]) == (family, "architecture")
+    result = own.verify(fingerprint, load_served_model(root / "independent.skops"))
+    assert result["verdict"] == "not shown", (result["agreement"], result["p_value"])
+    assert result["matched_family"] == "logistic_regression"
+    assert verify_cli(archive, root / "independent.skops") == 0  # completed check: exit 0
+    assert "verdict: not shown" in capsys.readouterr().out
+
+
+def to_onnx(model, path: Path) -> None:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    proto = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, 12]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
+    path.write_bytes(proto.SerializeToString())
+
+
+def test_architecture_is_read_from_the_file_else_the_most_conservative_family(archive, tmp_path):
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 12)), np.arange(200) % 4
+    served = load_served_model(archive["sim"] / "model.skops")
+    assert own.architecture(served) == "mlp_deep"  # the simulator serves an MLP (32, 32)
+    deep = own.fit_quietly(own.make_model("mlp_deep", 0), X, y)
+    to_onnx(deep, tmp_path / "deep.onnx")
+    assert own.architecture(load_served_model(tmp_path / "deep.onnx")) == "mlp_deep"
+    forest = own.fit_quietly(own.make_model("random_forest", 0), X, y)
+    sio.dump(forest, tmp_path / "forest.skops")
+    assert own.architecture(load_served_model(tmp_path / "forest.skops")) == "random_forest"
+    fingerprint = own.load_fingerprint(archive["fingerprint"])
+    for model in (SVC().fit(X, y), KNeighborsClassifier().fit(X, y)):
+        path = tmp_path / f"{type(model).__name__}.skops"
+        sio.dump(model, path)
+        suspect = load_served_model(path)
+        assert own.architecture(suspect) is None
+        result = own.verify(fingerprint, suspect)
+        assert result["matched_by"] == "most conservative"
+        assert result["p_value"] == max(result["p_value_by_family"].values())
+
+
+def test_pooled_p_value_uses_each_family_mean_and_the_pooled_spread():
+    agreement = np.array([0.20, 0.22, 0.24, 0.50, 0.55, 0.60])
+    families = np.array(["a", "a", "a", "b", "b", "b"])
+    p_a = own.pooled_t_upper_p(0.22, agreement, families, "a")
+    assert p_a == pytest.approx(0.5)  # at the family's own mean, whatever the other family
+    assert own.pooled_t_upper_p(0.50, agreement, families, "a") < 0.01
+    assert own.pooled_t_upper_p(0.50, agreement, families, "b") > 0.5
+    # a's mean, the spread of both families about their own means, 6 - 2 degrees of freedom
+    from scipy.stats import t as student_t
+
+    sd = np.sqrt((2 * 0.02**2 + 2 * 0.05**2) / 4)
+    expected = student_t.sf((0.40 - 0.22) / (sd * np.sqrt(1 + 1 / 3)), df=4)
+    assert own.pooled_t_upper_p(0.40, agreement, families, "a") == pytest.approx(expected)
+    assert own.t_upper_p(0.22, agreement[:3]) == pytest.approx(0.5)
+
+
+def test_verify_writes_json_and_an_escaped_page(archive):
+    hostile = archive["root"] / "<img src=x onerror=alert(1)>.skops"
+    shutil.copy(archive["sim"] / "model.skops", hostile)
+    out = archive["root"] / "report"
+    assert verify_cli(archive, hostile, "--out", str(out)) == 0
+    result = json.loads((out / "verify.json").read_text())
+    assert result["verdict"] == "copy" and result["identical_file"] is True
+    page = (out / "verify.html").read_text()
+    assert "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;.skops" in page
+    assert "<svg" in page and "copy" in page
+
+
+def test_bad_input_exits_2_with_one_line(archive, capsys, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    narrow = tmp_path / "narrow.skops"
+    rng = np.random.default_rng(0)
+    sio.dump(LogisticRegression().fit(rng.normal(size=(50, 5)), np.arange(50) % 2), narrow)
+    assert verify_cli(archive, narrow) == 2
+    assert "takes 5 features" in capsys.readouterr().err
+
+    corrupt = tmp_path / "fingerprint.json"
+    corrupt.write_text(archive["fingerprint"].read_text()[:5000])
+    assert main(["verify", "--fingerprint", str(corrupt), "--suspect", str(narrow)]) == 2
+    data = json.loads(archive["fingerprint"].read_text())
+    data["points"][0] = data["points"][0][:-1]
+    corrupt.write_text(json.dumps(data))
+    assert main(["verify", "--fingerprint", str(corrupt), "--suspect", str(narrow)]) == 2
+    assert verify_cli(archive, tmp_path / "missing.skops") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("stealwatch: error:") for line in err)
+    assert "corrupt fingerprint" in err[0] and "corrupt fingerprint" in err[1]
+
+    sim = archive["sim"]
+    argv = ["fingerprint", "--model", str(sim / "model.skops"), "--out", str(tmp_path / "f.json")]
+    assert main([*argv, "--train", str(sim / "reference.parquet"), *SMALL]) == 2
+    assert "no label column" in capsys.readouterr().err
