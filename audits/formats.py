@@ -192,17 +192,17 @@ _ARGMAX_OR = (
 
 
 def _record(**fields: str) -> str:
-    """SQL for a mapped record as the validator's typed parse would give it: features as
-    JSON text (a fragment that is not JSON becomes a JSON string, a wrong type), other
-    numbers as JSON, the rest as text; unnamed fields NULL."""
+    """SQL for a mapped record as the validator takes it over (``record_struct_type``):
+    features as the JSON text the reader found (checked by the validation), other numbers
+    written as JSON, the rest as text; unnamed fields NULL."""
 
     def value(name: str) -> str:
         expr = fields.get(name)
         if expr is None:
             return "NULL"
         if name == "features":
-            return f"coalesce(try(json({expr})), to_json({expr}))"
-        return f"to_json({expr})" if name in _JSON_FIELDS else f"({expr})::VARCHAR"
+            return f"({expr})::VARCHAR"
+        return f"to_json({expr})::VARCHAR" if name in _JSON_FIELDS else f"({expr})::VARCHAR"
 
     packed = ", ".join(f"{name} := {value(name)}" for name in validation.FIELDS)
     return f"struct_pack({packed})::{validation.record_struct_type()}"
@@ -362,9 +362,16 @@ WITH events AS (
                  THEN ['[' || array_to_string(e.data.inputs[1].data, ',') || ']']
         END AS inputs
     FROM (SELECT *, {_exact_headers(1, 2, 5)} AS h FROM events WHERE e.type = $3)
+), response_events AS (
+    SELECT file_index, line_no, e.id AS id, e.time AS response_time, e.data AS body
+    FROM events WHERE e.type = $4
+), redelivered AS (
+    SELECT id FROM response_events GROUP BY id HAVING count(*) > 1
 ), responses AS (
-    SELECT e.id AS id, e.time AS response_time, e.data AS body FROM events WHERE e.type = $4
-    QUALIFY row_number() OVER (PARTITION BY e.id ORDER BY file_index, line_no) = 1
+    SELECT id, response_time, body FROM response_events ANTI JOIN redelivered USING (id)
+    UNION ALL
+    SELECT id, response_time, body FROM response_events SEMI JOIN redelivered USING (id)
+    QUALIFY row_number() OVER (PARTITION BY id ORDER BY file_index, line_no) = 1
 ), instances AS (
     SELECT r.*, s.response_time, s.body, s.id IS NOT NULL AS has_response, len(inputs) AS n,
         unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i

@@ -231,10 +231,22 @@ def _by_rule(rules: list[tuple[str, str, str]], pick: int) -> str:
 
 
 def record_struct_type() -> str:
-    """The SQL type of a record as the typed parse yields it; a format reader that has already
-    parsed its own records hands them over in a ``v`` column of this type."""
-    fields = ", ".join(f"{name} {_SQL_TYPES.get(name, 'VARCHAR')}" for name in FIELDS)
-    return f"STRUCT({fields})"
+    """The SQL type in which a format reader that has already parsed its own records hands
+    them over (a ``v`` column): every field as text, the JSON ones as JSON text (unchecked)."""
+    return "STRUCT(" + ", ".join(f"{name} VARCHAR" for name in FIELDS) + ")"
+
+
+def _record_json(record: str) -> str:
+    """SQL for the canonical JSON line of a handed-over record (for the rules and the
+    quarantine): JSON fields embedded as JSON when they parse, else as strings."""
+
+    def value(name: str) -> str:
+        field = f"{record}.{name}"
+        if name in _SQL_TYPES:
+            return f"coalesce(try(json({field})), to_json({field}))"
+        return field
+
+    return "json_object(" + ", ".join(f"'{name}', {value(name)}" for name in FIELDS) + ")"
 
 
 def _transform_spec() -> str:
@@ -270,11 +282,11 @@ def validation_sql(width: int | None = None, *, pretyped: bool = False) -> str:
         lines_in = (
             f"(SELECT * RENAME (v AS parsed_v) FROM lines_in WHERE text IS NULL OR NOT ({blank}))"
         )
-        parse = f"coalesce(parsed_v, {parse})"
+        parse = f"coalesce(parsed_v, {parse}::{record_struct_type()})"
         # the canonical JSON of a record parsed by its reader, for the rules and the quarantine
         as_text = (
             f"CASE WHEN text IS NULL AND NOT coalesce({_clean(width)}, FALSE) "
-            "THEN to_json(parsed_v)::VARCHAR ELSE text END"
+            f"THEN {_record_json('parsed_v')}::VARCHAR ELSE text END"
         )
         typed_text = f"* REPLACE ({as_text} AS text)"
     else:
