@@ -50,7 +50,7 @@ def events(
     with duckdb.get_connection() as con:
         store.ensure_schema(con)
         results = store.ingest_days(
-            con, plan, model_width=width, run_id=context.run_id, progress=say, reader=reader
+            con, plan, model_width=width, run_id=context.run.run_id, progress=say, reader=reader
         )
         for result in results:
             width = width or result.input_width
