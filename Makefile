@@ -18,6 +18,7 @@ demo: install
 	$(VENV)/bin/stealwatch audit --logs $(DEMO_DIR)/archive/logs \
 		--model $(DEMO_DIR)/archive/model.skops --reference $(DEMO_DIR)/archive/reference.parquet \
 		--train $(DEMO_DIR)/archive/train.parquet --holdout $(DEMO_DIR)/archive/holdout.parquet \
+		--canaries $(DEMO_DIR)/archive/canaries.toml \
 		--out $(DEMO_DIR)/audit
 
 test: install
