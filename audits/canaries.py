@@ -205,23 +205,29 @@ def load_registry(path: str | Path) -> Registry:
     return parse_registry(doc, base=path.parent, source=str(path))
 
 
+def _named_entries(doc: dict, key: str, plural: str, allowed, source: str):
+    """``(where, name, table)`` for each ``[[key]]`` table, each checked for its keys and name."""
+    entries = doc.get(key, [])
+    if not isinstance(entries, list):
+        raise InputError(f"{source}: write {plural} as [[{key}]] tables")
+    for k, entry in enumerate(entries, 1):
+        where = f"{source}: [[{key}]] {k}"
+        if not isinstance(entry, dict):
+            raise InputError(f"{where} is not a table")
+        _check_keys(entry, allowed, where)
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{where} needs a name")
+        yield where, name, entry
+
+
 def parse_registry(doc: dict, *, base: Path | None = None, source: str = "registry") -> Registry:
     """A registry from parsed TOML; ``base`` resolves a relative ``vectors`` file."""
     _check_keys(doc, _TOP_KEYS, source)
     tolerance = _number(doc.get("tolerance", DEFAULT_TOLERANCE), f"{source}: tolerance", minimum=0)
     rtol = _number(doc.get("rtol", DEFAULT_RTOL), f"{source}: rtol", minimum=0)
     vectors: list[VectorCanary] = []
-    entries = doc.get("vector", [])
-    if not isinstance(entries, list):
-        raise InputError(f"{source}: write vectors as [[vector]] tables")
-    for k, entry in enumerate(entries, 1):
-        where = f"{source}: [[vector]] {k}"
-        if not isinstance(entry, dict):
-            raise InputError(f"{where} is not a table")
-        _check_keys(entry, _VECTOR_KEYS, where)
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise InputError(f"{where} needs a name")
+    for where, name, entry in _named_entries(doc, "vector", "vectors", _VECTOR_KEYS, source):
         values = entry.get("values")
         if not isinstance(values, list) or not values:
             raise InputError(f"{where} ({name}) needs values = [numbers]")
@@ -240,17 +246,7 @@ def parse_registry(doc: dict, *, base: Path | None = None, source: str = "regist
             raise InputError(f"{source}: vectors must name a file (CSV, Parquet or .npy)")
         vectors += _file_vectors((base or Path(".")) / file, tolerance, rtol)
     rules: list[RuleCanary] = []
-    entries = doc.get("rule", [])
-    if not isinstance(entries, list):
-        raise InputError(f"{source}: write rules as [[rule]] tables")
-    for k, entry in enumerate(entries, 1):
-        where = f"{source}: [[rule]] {k}"
-        if not isinstance(entry, dict):
-            raise InputError(f"{where} is not a table")
-        _check_keys(entry, _RULE_KEYS, where)
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise InputError(f"{where} needs a name")
+    for where, name, entry in _named_entries(doc, "rule", "rules", _RULE_KEYS, source):
         if ("when" in entry) == ("all" in entry):
             raise InputError(f'{where} ({name}) needs one of when = "..." or all = [...]')
         parts = [entry["when"]] if "when" in entry else entry["all"]

@@ -213,9 +213,10 @@ def _clean(width: int | None) -> str:
     return " AND ".join(checks)
 
 
-def _rule_number(rules: list[tuple[str, str, str]], width: int | None) -> str:
+def _rule_number(rules: list[tuple[str, str, str]]) -> str:
+    """The first rule that fires, for a line that failed the fast check (``clean``)."""
     arms = "\n            ".join(f"WHEN {r[0]} THEN {i}" for i, r in enumerate(rules, 1))
-    return f"CASE WHEN {_clean(width)} THEN NULL ELSE CASE\n            {arms}\n        END END"
+    return f"CASE WHEN clean THEN NULL ELSE CASE\n            {arms}\n        END END"
 
 
 def _reason_sql(reason: str) -> str:
@@ -285,7 +286,7 @@ def validation_sql(width: int | None = None, *, pretyped: bool = False) -> str:
         parse = f"coalesce(parsed_v, {parse}::{record_struct_type()})"
         # the canonical JSON of a record parsed by its reader, for the rules and the quarantine
         as_text = (
-            f"CASE WHEN text IS NULL AND NOT coalesce({_clean(width)}, FALSE) "
+            "CASE WHEN text IS NULL AND NOT clean "
             f"THEN {_record_json('parsed_v')}::VARCHAR ELSE text END"
         )
         typed_text = f"* REPLACE ({as_text} AS text)"
@@ -310,10 +311,12 @@ WITH lines AS (
         v.ts AS ts_text,
         try_cast(v.ts AS TIMESTAMPTZ) AS ts_utc
     FROM kinds
+), checked AS (
+    SELECT *, coalesce({_clean(width)}, FALSE) AS clean FROM typed_values
 ), typed AS (
-    SELECT {typed_text} FROM typed_values
+    SELECT {typed_text} FROM checked
 ), ruled AS (
-    SELECT *, {_rule_number(rules, width)} AS rule FROM typed
+    SELECT *, {_rule_number(rules)} AS rule FROM typed
 )
 SELECT
     file_index, line_no,
