@@ -10,26 +10,36 @@ trained independently on the same task do not.
    Gaussian noise, and a widened Gaussian fitted to the reference rows.
 2. Selection: surrogates trained on the served model's answers (what extraction attackers
    do: natural, uniform, perturbed and widened queries; logistic regression, gradient
-   boosting, MLP) and independent models trained on the ground-truth ``--train`` labels
-   (the same families). A candidate's conferrability is, averaged over the families, the
-   share of surrogates that agree with the served label minus the share of independent
-   models (``selection_seeds`` per family) that do; the ``n`` best form the fingerprint.
-3. Null: ``K`` further independent models (other seeds and subsamples, five families, none
-   used in step 2, so the selection does not bias them) give the agreement an independent
-   model reaches on the fingerprint, and their labels on a probe set of unselected
-   candidates. Held-out surrogates give the agreement a copy typically reaches (report only).
+   boosting, MLP) and independent models trained on the ground-truth labels of one half of
+   the ``--train`` rows (the same families). A candidate's conferrability for one query
+   strategy is, averaged over the families, the share of that strategy's surrogates that
+   agree with the served label minus the share of independent models (``selection_seeds``
+   per family) that do. The fingerprint has one stratum per strategy, its ``n / 4`` most
+   conferrable candidates (none twice): averaged over all surrogates, off-distribution
+   points won, where copies trained on natural queries behave like independent models.
+3. Null: ``K`` further independent models per family (five families, other seeds) trained on
+   the other half of the rows. Sharing no row with the selection models, they are not biased
+   low by the selection: candidates are chosen where the selection models happen to disagree
+   with the served model, and models trained on the same rows share those disagreements
+   (independent models trained on other data agreed up to 0.15 more than such a null). Each
+   model takes at most 3/4 of its half, so models of a family differ in data as well as
+   seed. They give the agreement an independent model reaches on the fingerprint, and their
+   labels on a probe set of unselected candidates. Held-out surrogates give the agreement a
+   copy typically reaches (report only).
 
 Verification predicts the fingerprint with the suspect and compares its agreement with the
 null models of the suspect's family, since agreement on the fingerprint depends on the model
 family as much as on copying: the family of its own architecture when the file shows one (a
 scikit-learn estimator, an ONNX linear classifier or dense network), else the most
 conservative family (the largest p-value: matching by behaviour on the probe set let
-independent RBF SVMs pass as copies). The probe similarity is still reported. The p-value
-is the upper tail of a Student-t prediction interval for one more model of that family: its
-null models' mean, the spread pooled over all families (about each family's own mean). The
-verdict is "copy" when it is below ``alpha`` (or the suspect file is byte-identical to the
-fingerprinted model), else "not shown": the check cannot prove independence. Everything is
-written as JSON: no pickle.
+independent RBF SVMs pass as copies). The probe similarity is still reported. Per stratum
+and on all points, the p-value is the upper tail of a Student-t prediction interval for one
+more model of that family: its null models' mean, the spread pooled over all families
+(about each family's own mean); the suspect's p-value is the smallest times the number of
+tests (Bonferroni). The verdict is "copy" when
+it is below ``alpha`` (or the suspect file is byte-identical to the fingerprinted model),
+else "not shown": the check cannot prove independence. Everything is written as JSON: no
+pickle.
 """
 
 from __future__ import annotations
@@ -47,18 +57,19 @@ from audits.errors import InputError
 from audits.forensics import as_labels
 
 FORMAT = "stealwatch-fingerprint"
-VERSION = 1
-DEFAULT_POINTS = 200
+VERSION = 2
+DEFAULT_POINTS = 400  # split evenly over the QUERY_SOURCES strata
 DEFAULT_ALPHA = 0.01
 PROBE_POINTS = 400
 CANDIDATES_PER_REGION = 2_000
 SURROGATE_QUERIES = 1_500
 INDEPENDENT_ROWS = 8_000
-NULL_SEEDS = 4
+NULL_SEEDS = 8
 SELECTION_SEEDS = 3
 SELECTION_FAMILIES = ("logistic_regression", "gradient_boosting", "mlp")
 NULL_FAMILIES = ("logistic_regression", "gradient_boosting", "mlp", "mlp_deep", "random_forest")
 QUERY_SOURCES = ("natural", "uniform", "perturbed", "widened")
+ALL = "all"  # the whole fingerprint, tested beside each stratum
 REGIONS = ("natural", "interpolated", "boundary", "uniform", "perturbed", "widened")
 MIN_MARGIN = 1e-3  # served top-two probability gap: float32 (ONNX) copies must not flip
 
@@ -178,6 +189,7 @@ class _Trained:
     name: str
     family: str
     model: object
+    source: str = ""
 
 
 def _surrogates(served, ref, rng, families, seed, queries) -> list[_Trained]:
@@ -188,8 +200,24 @@ def _surrogates(served, ref, rng, families, seed, queries) -> list[_Trained]:
             continue
         for family in families:
             model = fit_quietly(make_model(family, seed * 1000 + i), X, y)
-            out.append(_Trained(f"{family} on {source} queries", family, model))
+            out.append(_Trained(f"{family} on {source} queries", family, model, source))
     return out
+
+
+def split_halves(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of the training rows, each label split evenly: the selection models
+    train on the first, the null models on the second, so that the null does not share the
+    rows that made the selection models disagree with the served model (the selection's
+    winner's curse would otherwise bias the null's agreement low)."""
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]  # shuffled within each label
+    return np.sort(order[0::2]), np.sort(order[1::2])
+
+
+def rows_per_model(requested: int, half: int) -> int:
+    """Training rows per independent model: at most three quarters of its half, so that models
+    of one family differ in their data as well as their seed (the null's spread needs both)."""
+    return max(1, min(requested, (3 * half) // 4))
 
 
 def _independents(train_X, train_y, rng, families, seeds, rows) -> list[_Trained]:
@@ -221,6 +249,36 @@ def conferrability(
         for f in families
     ]
     return np.mean(gaps, axis=0)
+
+
+def select_strata(
+    surrogate_agree: np.ndarray,
+    surrogates: list[_Trained],
+    independent_agree: np.ndarray,
+    independent_family: list[str],
+    usable: np.ndarray,
+    per_stratum: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate indices and their stratum: per query strategy, the ``per_stratum`` unused
+    candidates most conferrable for the surrogates trained on that strategy's queries."""
+    family = [m.family for m in surrogates]
+    source = np.array([m.source for m in surrogates])
+    taken = ~usable
+    chosen, strata = [], []
+    for name in [q for q in QUERY_SOURCES if (source == q).any()]:
+        keep = source == name
+        fams = [f for f, k in zip(family, keep, strict=True) if k]
+        score = conferrability(surrogate_agree[keep], fams, independent_agree, independent_family)
+        score[taken] = -np.inf
+        top = np.argsort(-score, kind="stable")[: min(per_stratum, int((~taken).sum()))]
+        taken[top] = True
+        chosen.append(top)
+        strata += [name] * len(top)
+    return np.concatenate(chosen), np.array(strata)
+
+
+def _rates_by_stratum(agree: np.ndarray, strata: np.ndarray) -> dict[str, float]:
+    return {s: _rate(agree[strata == s]) for s in dict.fromkeys(strata.tolist())}
 
 
 def make_fingerprint(
@@ -267,52 +325,44 @@ def make_fingerprint(
         say("fingerprint: training selection surrogates on the served model's answers")
         surrogates = _surrogates(served, ref, rng, SELECTION_FAMILIES, seed, surrogate_queries)
         say("fingerprint: training selection models on the ground-truth labels")
+        select_rows, null_rows_idx = split_halves(train_y, rng)
+        rows = rows_per_model(independent_rows, min(len(select_rows), len(null_rows_idx)))
         selectors = _independents(
-            train_X,
-            train_y,
+            train_X[select_rows],
+            train_y[select_rows],
             rng,
             SELECTION_FAMILIES,
             [seed * 100 + 1 + s for s in range(selection_seeds)],
-            independent_rows,
+            rows,
         )
+        surrogate_agree = _agreement(surrogates, C, labels)
+        selector_agree = _agreement(selectors, C, labels)
+        selector_family = [m.family for m in selectors]
         score = conferrability(
-            _agreement(surrogates, C, labels),
-            [m.family for m in surrogates],
-            _agreement(selectors, C, labels),
-            [m.family for m in selectors],
+            surrogate_agree, [m.family for m in surrogates], selector_agree, selector_family
         )
-        score[~usable] = -np.inf
-        order = np.argsort(-score, kind="stable")
-        chosen = order[: min(n, int(usable.sum()))]
-        rest = order[len(chosen) :]
-        rest = rest[usable[rest]]
+        per_stratum = max(1, n // len(QUERY_SOURCES))
+        chosen, strata = select_strata(
+            surrogate_agree, surrogates, selector_agree, selector_family, usable, per_stratum
+        )
+        rest = np.setdiff1d(np.flatnonzero(usable), chosen)
         probe = np.sort(rng.choice(rest, min(PROBE_POINTS, len(rest)), replace=False))
         points, point_labels = C[chosen], labels[chosen]
         say(f"fingerprint: {len(null_families) * null_seeds} null models (independent training)")
         null_seed_list = [seed * 100 + 10 + s for s in range(null_seeds)]
         nulls = _independents(
-            train_X, train_y, rng, null_families, null_seed_list, independent_rows
+            train_X[null_rows_idx], train_y[null_rows_idx], rng, null_families, null_seed_list, rows
         )
         say("fingerprint: held-out surrogates (what a copy typically reaches)")
         copies = _surrogates(served, ref, rng, SELECTION_FAMILIES, seed + 7_919, surrogate_queries)
-        null_rows = []
-        for m in nulls:
-            null_rows.append(
-                {
-                    "name": m.name,
-                    "family": m.family,
-                    "agreement": _rate(_agreement([m], points, point_labels)),
-                    "probe_labels": as_labels(m.model.predict(C[probe])).tolist(),
-                }
-            )
-        copy_rows = [
+        null_rows = [
             {
-                "name": m.name,
-                "family": m.family,
-                "agreement": _rate(_agreement([m], points, point_labels)),
+                **_agreement_row(m, points, point_labels, strata),
+                "probe_labels": as_labels(m.model.predict(C[probe])).tolist(),
             }
-            for m in copies
+            for m in nulls
         ]
+        copy_rows = [_agreement_row(m, points, point_labels, strata) for m in copies]
     region_counts = {r: int((regions[chosen] == r).sum()) for r in REGIONS}
     return {
         "format": FORMAT,
@@ -327,9 +377,12 @@ def make_fingerprint(
         "settings": {
             "seed": seed,
             "points": int(len(points)),
+            "points_per_stratum": per_stratum,
             "candidates_per_region": per_region,
             "surrogate_queries": surrogate_queries,
             "independent_rows": independent_rows,
+            "rows_per_independent_model": rows,
+            "null_seeds": null_seeds,
             "selection_seeds": selection_seeds,
             "train_rows": int(len(train_X)),
             "reference_rows": int(len(ref)),
@@ -338,6 +391,7 @@ def make_fingerprint(
         "points": points.tolist(),
         "labels": point_labels.tolist(),
         "regions": regions[chosen].tolist(),
+        "strata": strata.tolist(),
         "region_counts": region_counts,
         "selection": {
             "mean_conferrability": round(float(score[chosen].mean()), 4) if len(chosen) else 0.0,
@@ -347,6 +401,16 @@ def make_fingerprint(
         "probe": {"points": C[probe].tolist(), "labels": labels[probe].tolist()},
         "null": null_rows,
         "copies": copy_rows,
+    }
+
+
+def _agreement_row(m: _Trained, points, labels, strata) -> dict:
+    agree = _agreement([m], points, labels)[0]
+    return {
+        "name": m.name,
+        "family": m.family,
+        "agreement": _rate(agree),
+        "agreement_by_stratum": _rates_by_stratum(agree, strata),
     }
 
 
@@ -391,6 +455,11 @@ def load_fingerprint(path: str | Path) -> dict:
         raise InputError(
             f"corrupt fingerprint {path}: not JSON ({exc.__class__.__name__})"
         ) from None
+    if isinstance(data, dict) and data.get("format") == FORMAT and data.get("version") != VERSION:
+        raise InputError(
+            f"fingerprint {path} has format version {data.get('version')!r}, this stealwatch "
+            f"reads version {VERSION}: make it again with `stealwatch fingerprint`"
+        )
     try:
         _check_fingerprint(data)
     except (KeyError, TypeError, ValueError) as exc:
@@ -413,12 +482,18 @@ def _check_fingerprint(data) -> None:
         y = data[labels] if labels else data["probe"]["labels"]
         if len(y) != len(X):
             raise ValueError(f"{key}: {len(X)} inputs but {len(y)} labels")
+    strata = data["strata"]
+    if len(strata) != len(data["points"]):
+        raise ValueError(f"{len(data['points'])} inputs but {len(strata)} strata")
     nulls = data["null"]
     if len(nulls) < 3:
         raise ValueError("fewer than 3 null models")
     for row in nulls:
-        if not 0.0 <= float(row["agreement"]) <= 1.0:
+        rates = [float(row["agreement"]), *map(float, row["agreement_by_stratum"].values())]
+        if not all(0.0 <= r <= 1.0 for r in rates):
             raise ValueError("null agreement outside [0, 1]")
+        if set(row["agreement_by_stratum"]) != set(strata):
+            raise ValueError("null agreement by stratum does not match the strata")
         if len(row["probe_labels"]) != len(data["probe"]["points"]):
             raise ValueError("null probe labels do not match the probe inputs")
 
@@ -435,8 +510,10 @@ def t_upper_p(value: float, sample: np.ndarray) -> float:
 
 def pooled_t_upper_p(value: float, agreement: np.ndarray, families: np.ndarray, family: str):
     """As :func:`t_upper_p` for one more model of ``family``, its mean from that family's null
-    models and its spread pooled over all families (each about its own mean): with a few
-    models per family the pooled spread has far more degrees of freedom."""
+    models and its spread pooled over all families (each about its own mean): models of one
+    family can be near-identical (a logistic regression on overlapping rows), far less varied
+    than the same family trained on other data, and the pooled spread has more degrees of
+    freedom."""
     names = sorted(set(families.tolist()))
     resid = np.concatenate(
         [agreement[families == f] - agreement[families == f].mean() for f in names]
@@ -447,6 +524,17 @@ def pooled_t_upper_p(value: float, agreement: np.ndarray, families: np.ndarray, 
     sd = float(np.sqrt((resid**2).sum() / df))
     same = agreement[families == family]
     return _t_sf(value, float(same.mean()), sd, len(same), df)
+
+
+def stratified_p(
+    suspect: dict[str, float], null: dict[str, np.ndarray], families: np.ndarray, family: str
+) -> tuple[float, dict[str, float]]:
+    """The p-value that one more independent model of ``family`` agrees with the served model
+    at least as often as the suspect on some stratum (or on all points): per stratum
+    :func:`pooled_t_upper_p`, then Bonferroni over the tests. Returns it and the per-stratum
+    p-values."""
+    by_stratum = {s: pooled_t_upper_p(v, null[s], families, family) for s, v in suspect.items()}
+    return min(1.0, len(by_stratum) * min(by_stratum.values())), by_stratum
 
 
 def _t_sf(value: float, mean: float, sd: float, m: int, df: int) -> float:
@@ -532,7 +620,16 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
     families = np.array([r["family"] for r in nulls])
     names = sorted(set(families.tolist()))
     family_similarity = {f: float(similarity[families == f].mean()) for f in names}
-    p_family = {f: pooled_t_upper_p(agreement, null_agreement, families, f) for f in names}
+    strata = np.asarray(fingerprint["strata"], dtype=str)
+    suspect_by_stratum = {**_rates_by_stratum(agree, strata), ALL: agreement}
+    null_by_stratum = {
+        s: np.array([float(r["agreement_by_stratum"][s]) for r in nulls])
+        for s in suspect_by_stratum
+        if s != ALL
+    }
+    null_by_stratum[ALL] = null_agreement
+    tests = {f: stratified_p(suspect_by_stratum, null_by_stratum, families, f) for f in names}
+    p_family = {f: p for f, (p, _) in tests.items()}
     family = architecture(suspect)
     matched_by = "architecture"
     if family not in names:  # unknown: the family least surprised by the agreement
@@ -572,6 +669,15 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
         "matched_by": matched_by,
         "family_similarity": {f: round(v, 4) for f, v in family_similarity.items()},
         "p_value_by_family": {f: p_family[f] for f in names},
+        "agreement_by_stratum": {
+            s: {
+                "points": int(len(strata) if s == ALL else (strata == s).sum()),
+                "agreement": round(float(v), 4),
+                "matched_mean": round(float(null_by_stratum[s][matched].mean()), 4),
+                "p_value": tests[family][1][s],
+            }
+            for s, v in suspect_by_stratum.items()
+        },
         "matched_null": [
             {**_null_row(nulls[i]), "probe_similarity": round(float(similarity[i]), 4)}
             for i in matched

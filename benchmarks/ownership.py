@@ -178,6 +178,13 @@ def report(out: dict) -> None:
     independent = [r for r in results if r["role"] == "independent"]
     print(f"TPR (copies called copy): {rate(copies)}")
     print(f"FPR (independent models called copy): {rate(independent)}")
+    faithful = [r for r in copies if r["fidelity"] >= 0.8]
+    print(f"TPR among copies with fidelity >= 0.8: {rate(faithful)}")
+    lowest = min(independent, key=lambda r: r["p_value"])
+    print(
+        f"lowest p-value of an independent model: {lowest['p_value']:.2g} "
+        f"({lowest['family']}, {lowest['origin']})"
+    )
     for family in COPY_FAMILIES:
         print(f"  TPR, {family} copies: {rate([r for r in copies if r['family'] == family])}")
     onnx = [r for r in copies if r["format"] == "onnx"]
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="simulation seed (default: 7)")
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--users", type=int, default=60)
-    parser.add_argument("--n", type=int, default=200, help="fingerprint inputs (default: 200)")
+    parser.add_argument("--n", type=int, default=400, help="fingerprint inputs (default: 400)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

@@ -38,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the --train features)",
     )
     fp.add_argument("--label-column", default="label", help="label column (default: label)")
-    fp.add_argument("--n", type=int, default=200, help="fingerprint inputs (default: 200)")
+    fp.add_argument(
+        "--n",
+        type=int,
+        default=400,
+        help="fingerprint inputs, split evenly over 4 query strategies (default: 400)",
+    )
     fp.add_argument(
         "--candidates",
         type=int,
@@ -48,14 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fp.add_argument(
         "--null-seeds",
         type=int,
-        default=4,
-        help="independent models per family in the null (default: 4; 5 families)",
+        default=8,
+        help="independent models per family in the null (default: 8; 5 families)",
     )
     fp.add_argument(
         "--train-rows",
         type=int,
         default=8000,
-        help="training rows per independent model, a random subsample of --train (default: 8000)",
+        help="training rows per independent model (default: 8000), a random subsample of its "
+        "half of --train (selection and null models use disjoint halves), at most 3/4 of it",
     )
     fp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fp.add_argument(
@@ -183,6 +189,11 @@ def run_verify(args: argparse.Namespace) -> int:
         f"p-value: {result['p_value']:.3g} (all independent models: "
         f"{result['p_value_all_null']:.3g}, empirical {result['p_value_empirical']:.3g})"
     )
+    strata = ", ".join(
+        f"{name} {row['agreement']:.2f} (p {row['p_value']:.2g})"
+        for name, row in result["agreement_by_stratum"].items()
+    )
+    print(f"by query strategy: {strata}")
     print(f"verdict: {result['verdict']} (alpha {result['alpha']})")
     if args.out:
         paths = write_verify_outputs(result, args.out)
