@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,46 +101,49 @@ def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
     """API Gateway access logs under ``root`` (JSON lines, any file name, gzip or not) as
     ``(request_id, user_id, source_ip, latency_ms, ts)``, and the count of lines that could not
     be used (unparseable, or without a request id)."""
-    from audits.readers import decompress_recoverable
-    from audits.store import BATCH_ROWS, split_lines
+    from audits.store import BATCH_ROWS
 
     root = Path(root)
     if not root.exists():
         raise InputError(f"gateway logs not found: {root}")
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    tables = []
-    for path in paths:
-        if path.name.startswith("."):
-            continue
-        raw = path.read_bytes()
-        data = decompress_recoverable(raw)[0] if raw[:2] == b"\x1f\x8b" else raw
-        tables.append(split_lines(data)[0].select(["text"]))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tables = list(pool.map(_gateway_text, [p for p in paths if not p.name.startswith(".")]))
     lines = (
         pa.concat_tables(tables) if tables else pa.table({"text": pa.array([], pa.large_string())})
     )
     con = duckdb.connect()
     con.register("gateway_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=BATCH_ROWS)))
-    blank = "ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''"
     con.execute(
-        "CREATE TEMP TABLE parsed AS SELECT try(json_extract_string(text, ['$.requestId', "
-        "'$.apiKeyId', '$.ip', '$.responseLatency', '$.requestTimeEpoch'])) AS g "
-        f"FROM gateway_lines WHERE NOT ({blank})"
+        "CREATE TEMP TABLE parsed AS SELECT g[1] AS request_id, nullif(g[2], '-') AS user_id, "
+        "nullif(g[3], '-') AS source_ip, try_cast(nullif(g[4], '-') AS DOUBLE) AS latency_ms, "
+        "strftime(epoch_ms(try_cast(g[5] AS BIGINT)), '%Y-%m-%dT%H:%M:%S.%gZ') AS ts, "
+        "coalesce(g[1] NOT IN ('-', ''), FALSE) AS usable "
+        "FROM (SELECT try(json_extract_string(text, ['$.requestId', '$.apiKeyId', '$.ip', "
+        "'$.responseLatency', '$.requestTimeEpoch'])) AS g "
+        f"FROM gateway_lines WHERE NOT {_BLANK})"
     )
-    gateway = con.sql(
-        """
-        SELECT DISTINCT ON (g[1])
-               g[1] AS request_id, nullif(g[2], '-') AS user_id, nullif(g[3], '-') AS source_ip,
-               try_cast(nullif(g[4], '-') AS DOUBLE) AS latency_ms,
-               strftime(epoch_ms(try_cast(g[5] AS BIGINT)), '%Y-%m-%dT%H:%M:%S.%gZ') AS ts
-        FROM parsed
-        WHERE g[1] NOT IN ('-', '')
-        """
-    ).to_arrow_table()
-    (unusable,) = con.sql(
-        "SELECT count(*) FILTER (WHERE g[1] IS NULL OR g[1] IN ('-', '')) FROM parsed"
+    unusable, usable, distinct = con.sql(
+        "SELECT count(*) FILTER (WHERE NOT usable), count(*) FILTER (WHERE usable), "
+        "count(DISTINCT request_id) FILTER (WHERE usable) FROM parsed"
     ).fetchall()[0]
+    # a request logged more than once keeps one of its lines (the dedup only when needed)
+    first = "DISTINCT ON (request_id) " if distinct < usable else ""
+    gateway = con.sql(
+        f"SELECT {first}request_id, user_id, source_ip, latency_ms, ts FROM parsed WHERE usable"
+    ).to_arrow_table()
     con.close()
     return gateway, unusable
+
+
+def _gateway_text(path: Path) -> pa.Table:
+    """One gateway log file's lines (``text``), gunzipped when it is gzip."""
+    from audits.readers import decompress_recoverable
+    from audits.store import split_lines
+
+    raw = path.read_bytes()
+    data = decompress_recoverable(raw)[0] if raw[:2] == b"\x1f\x8b" else raw
+    return split_lines(data)[0].select(["text"])
 
 
 def _empty_gateway() -> pa.Table:
@@ -208,9 +212,11 @@ def _record(**fields: str) -> str:
     return f"struct_pack({packed})::{validation.record_struct_type()}"
 
 
-_PASS_THROUGH = """
+# a blank line: the cheap prefix test (whitespace sorts below "!") spares the trim
+_BLANK = "(text < '!' AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = '')"
+_PASS_THROUGH = f"""
     SELECT file_index, line_no, text, cut, bad_utf8, reject, NULL AS v FROM format_lines
-    WHERE cut OR bad_utf8 OR ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) = ''
+    WHERE cut OR bad_utf8 OR {_BLANK}
 """
 
 
@@ -223,11 +229,11 @@ def _json_list(body: str, key: str) -> str:
 
 
 _SAGEMAKER_RECORD = _record(
-    event_id="c[7] || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END",
-    ts="coalesce(g.ts, c[9])",
+    event_id="event_id || CASE WHEN n > 1 THEN ':' || (i - 1) ELSE '' END",
+    ts="coalesce(g.ts, inference_time)",
     user_id="coalesce(g.user_id, ?)",
     source_ip="g.source_ip",
-    session_id="nullif(regexp_extract(c[10], "
+    session_id="nullif(regexp_extract(attributes, "
     "'(^|[;,&[:space:]])session(_id)?=([^;,&[:space:]]+)', 3), '')",
     features="features",
     prediction=_ARGMAX_OR.format(label="trim(answer, '\"[] ')"),
@@ -256,7 +262,7 @@ _KSERVE_RECORD = _record(
 # probabilities (the prediction is the index of the largest), a single value is a label.
 _SAGEMAKER_SQL = f"""
 WITH records AS (
-    SELECT file_index, line_no, text,
+    SELECT file_index, line_no,
         try(json_extract_string(text, [
             '$.captureData.endpointInput.data', '$.captureData.endpointInput.encoding',
             '$.captureData.endpointInput.observedContentType',
@@ -265,31 +271,35 @@ WITH records AS (
             '$.eventMetadata.eventId', '$.eventMetadata.inferenceId',
             '$.eventMetadata.inferenceTime', '$.eventMetadata.customAttributes'])) AS c
     FROM format_lines
-    WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+    WHERE NOT cut AND NOT bad_utf8 AND NOT {_BLANK}
 ), bodies AS (
-    SELECT *,
+    SELECT file_index, line_no, c IS NULL AS unparsed, c[7] AS event_id, c[8] AS request_id,
+        c[9] AS inference_time, c[10] AS attributes,
         CASE WHEN c[2] = 'BASE64' THEN try(decode(from_base64(c[1]))) ELSE c[1] END AS body_in,
         CASE WHEN c[5] = 'BASE64' THEN try(decode(from_base64(c[4]))) ELSE c[4] END AS body_out,
-        c[2] = 'JSON' OR lower(c[3]) LIKE '%json%' AS json_in,
-        c[5] = 'JSON' OR lower(c[6]) LIKE '%json%' AS json_out
+        c[2] = 'JSON' OR c[3] ILIKE '%json%' AS json_in,
+        c[5] = 'JSON' OR c[6] ILIKE '%json%' AS json_out
     FROM records
 ), rows_ AS MATERIALIZED (
-    SELECT *,
+    SELECT file_index, line_no, unparsed, event_id, request_id, inference_time, attributes,
         CASE WHEN json_in THEN {_json_list("body_in", "instances")}
-             ELSE list_transform(string_split(rtrim(body_in, chr(10) || chr(13)), chr(10)),
+             WHEN NOT contains(csv_in, chr(10)) THEN ['[' || csv_in || ']']
+             ELSE list_transform(string_split(csv_in, chr(10)),
                                  lambda r: '[' || rtrim(r, chr(13)) || ']')
         END AS inputs,
         CASE WHEN json_out THEN {_json_list("body_out", "predictions")}
-             ELSE list_transform(string_split(rtrim(body_out, chr(10) || chr(13)), chr(10)),
-                                 lambda r: rtrim(r, chr(13)))
+             WHEN NOT contains(csv_out, chr(10)) THEN [csv_out]
+             ELSE list_transform(string_split(csv_out, chr(10)), lambda r: rtrim(r, chr(13)))
         END AS outputs
-    FROM bodies
-), mappable AS (
-    SELECT * FROM rows_ WHERE c IS NOT NULL AND c[7] IS NOT NULL AND len(inputs) > 0
+    FROM (SELECT *,
+              CASE WHEN json_in THEN NULL ELSE rtrim(body_in, chr(10) || chr(13)) END AS csv_in,
+              CASE WHEN json_out THEN NULL ELSE rtrim(body_out, chr(10) || chr(13)) END AS csv_out
+          FROM bodies)
 ), instances AS (
-    SELECT file_index, line_no, c, len(inputs) AS n,
-        unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i, outputs
-    FROM mappable
+    SELECT file_index, line_no, event_id, request_id, inference_time, attributes,
+        len(inputs) AS n, unnest(inputs) AS features, generate_subscripts(inputs, 1) AS i,
+        outputs
+    FROM rows_ WHERE NOT unparsed AND event_id IS NOT NULL AND len(inputs) > 0
 ), answered AS (
     SELECT *, outputs[i] AS answer,
         CASE WHEN contains(outputs[i], ',') THEN
@@ -298,11 +308,14 @@ WITH records AS (
 )
 SELECT a.file_index, a.line_no, {_RECORD_COLUMNS},
     {_SAGEMAKER_RECORD} AS v
-FROM answered a LEFT JOIN gateway g ON g.request_id = a.c[8]
+FROM answered a LEFT JOIN gateway g ON g.request_id = a.request_id
 UNION ALL
 SELECT file_index, line_no, text, FALSE, FALSE,
-    CASE WHEN try(json_valid(text)) THEN '{schema.UNMAPPABLE}' END, NULL FROM rows_
-WHERE c IS NULL OR c[7] IS NULL OR inputs IS NULL OR len(inputs) = 0
+    CASE WHEN try(json_valid(text)) THEN '{schema.UNMAPPABLE}' END, NULL
+FROM format_lines SEMI JOIN (
+    SELECT file_index, line_no FROM rows_
+    WHERE unparsed OR event_id IS NULL OR inputs IS NULL OR len(inputs) = 0
+) USING (file_index, line_no)
 UNION ALL
 {_PASS_THROUGH}
 """
@@ -310,7 +323,7 @@ UNION ALL
 _KSERVE_SPEC = (
     '{"id": "VARCHAR", "type": "VARCHAR", "time": "VARCHAR", "inferenceservicename": "VARCHAR", '
     '"metadata": "JSON", "data": {"instances": "JSON[]", "predictions": "JSON[]", '
-    '"inputs": [{"shape": "BIGINT[]", "data": "JSON[]"}], '
+    '"inputs": [{"shape": "BIGINT[]", "data": "JSON"}], '
     '"outputs": [{"shape": "BIGINT[]", "data": "JSON[]"}], "model_version": "VARCHAR"}}'
 )
 
@@ -320,11 +333,21 @@ def _header(index: int, position: int) -> str:
     (looked up by its exact name), else the header of that name in any case. A header value is
     a list of strings, or one string."""
     any_case = (
-        "json_extract(e.metadata, '$.\"' || replace(list_filter(json_keys(e.metadata), "
+        "json_extract(e.metadata, '$.\"' || replace(list_filter(keys, "
         f"lambda k: lower(k) = lower(${position}))[1], '\"', '') || '\"')"
     )
     value = f"coalesce(h[{index}], {any_case})"
     return f"CASE WHEN left({value}, 1) = '[' THEN {value}->>'$[0]' ELSE {value}->>'$' END"
+
+
+def _keys_if_needed(*pairs: tuple[int, int]) -> str:
+    """The metadata's keys, only where a header (``h[index]``, named by parameter ``position``)
+    is missing by its exact name but its name, in any case, occurs in the metadata."""
+    missing = " OR ".join(
+        f"(h[{index}] IS NULL AND contains(lower(e.metadata), lower(${position})))"
+        for index, position in pairs
+    )
+    return f"CASE WHEN {missing} THEN json_keys(e.metadata) END"
 
 
 def _exact_headers(*positions: int) -> str:
@@ -344,7 +367,7 @@ _KSERVE_SQL = f"""
 WITH events AS (
     SELECT file_index, line_no, try(json_transform(text, '{_KSERVE_SPEC}')) AS e
     FROM format_lines
-    WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+    WHERE NOT cut AND NOT bad_utf8 AND NOT {_BLANK}
 ), requests AS MATERIALIZED (
     SELECT file_index, line_no, e.id AS id, e.time AS time,
         e.inferenceservicename AS model_id,
@@ -352,16 +375,18 @@ WITH events AS (
         trim(split_part({_header(2, 2)}, ',', 1)) AS ip,
         {_header(3, 5)} AS session,
         CASE WHEN e.data.instances IS NOT NULL THEN e.data.instances
-             WHEN len(e.data.inputs[1].shape) = 2 THEN list_transform(
-                 range(0, e.data.inputs[1].shape[1]),
-                 lambda k: '[' || array_to_string({
-    _rows("e.data.inputs[1].data", "e.data.inputs[1].shape", "k")
-}, ',')
-                           || ']')
-             WHEN e.data.inputs[1].data IS NOT NULL
-                 THEN ['[' || array_to_string(e.data.inputs[1].data, ',') || ']']
+             WHEN coalesce(left(flat, 1) <> '[', TRUE) THEN NULL
+             WHEN len(shape) = 2
+                  AND coalesce(shape[1] <> 1 OR json_array_length(flat) <> shape[2], TRUE)
+                 THEN list_transform(range(0, shape[1]), lambda k: '[' || array_to_string({
+    _rows("flat::JSON[]", "shape", "k")
+}, ',') || ']')
+             ELSE [flat]
         END AS inputs
-    FROM (SELECT *, {_exact_headers(1, 2, 5)} AS h FROM events WHERE e.type = $3)
+    FROM (SELECT *, {_keys_if_needed((1, 1), (2, 2), (3, 5))} AS keys
+          FROM (SELECT *, {_exact_headers(1, 2, 5)} AS h, e.data.inputs[1].data AS flat,
+                    e.data.inputs[1].shape AS shape
+                FROM events WHERE e.type = $3))
 ), response_events AS (
     SELECT file_index, line_no, e.id AS id, e.time AS response_time, e.data AS body
     FROM events WHERE e.type = $4
@@ -402,8 +427,8 @@ FROM format_lines l JOIN (
     SELECT file_index, line_no, 'unparsed' FROM events
     WHERE e IS NULL OR e.type IS NULL OR e.type NOT IN ($3, $4)
     UNION ALL
-    SELECT file_index, line_no, '{schema.UNPAIRED_RESPONSE}' FROM events t
-    WHERE t.e.type = $4 AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.id = t.e.id)
+    SELECT file_index, line_no, '{schema.UNPAIRED_RESPONSE}'
+    FROM response_events ANTI JOIN (SELECT id FROM requests) USING (id)
 ) problems USING (file_index, line_no)
 UNION ALL
 {_PASS_THROUGH}
@@ -419,7 +444,7 @@ def _mapping_sql(mapping: dict[str, str]) -> str:
 WITH mapped AS (
     SELECT file_index, line_no, text, try(json_extract(text, [{quoted}])) AS v
     FROM format_lines
-    WHERE NOT cut AND NOT bad_utf8 AND ltrim(text, chr(32) || chr(9) || chr(10) || chr(13)) <> ''
+    WHERE NOT cut AND NOT bad_utf8 AND NOT {_BLANK}
 )
 SELECT file_index, line_no,
     CASE WHEN v IS NULL THEN text ELSE json_object({pairs})::VARCHAR END AS text,

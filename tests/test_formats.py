@@ -7,10 +7,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from audits import schema
+from audits import schema, store
 from audits.exporters import export_kserve, export_sagemaker
 from audits.formats import UNKNOWN_PRINCIPAL
 from pipelines.cli import main
+from tests.conftest import make_record, write_jsonl
 
 
 def _audit(out: Path, logs: Path, *extra: str) -> dict:
@@ -112,6 +113,97 @@ def test_kserve_pairs_requests_and_quarantines_orphans(tmp_path: Path) -> None:
         ("b:0", "key-9", "203.0.113.9", "no_response", None),
         ("b:1", "key-9", "203.0.113.9", "no_response", None),
     ]
+
+
+def test_kserve_v2_rows_follow_the_shape_and_a_request_without_inputs_is_unmappable(
+    tmp_path: Path,
+) -> None:
+    def v2(shape: list[int], data: list[float]) -> dict:
+        return {"shape": shape, "datatype": "FP64", "data": data}
+
+    lines = [
+        _cloud_event("request", "one", {"inputs": [v2([1, 2], [1.5, 2.5])]}),
+        _cloud_event("response", "one", {"outputs": [v2([1, 2], [0.3, 0.7])]}),
+        _cloud_event("request", "two", {"inputs": [v2([2, 2], [1.0, 2.0, 3.0, 4.0])]}),
+        _cloud_event("response", "two", {"outputs": [v2([2, 2], [0.1, 0.9, 0.8, 0.2])]}),
+        _cloud_event("request", "none", {"parameters": {}}),
+        _cloud_event("response", "none", {"outputs": [v2([1, 1], [0.5])]}),
+        _cloud_event("request", "zero", {"inputs": [v2([0, 2], [1.0, 2.0])]}),  # no rows
+        _cloud_event("response", "zero", {"outputs": [v2([0, 2], [])]}),
+    ]
+    write_jsonl(tmp_path / "logs" / "dt=2026-11-01" / "k.jsonl.gz", lines)
+    summary = _audit(tmp_path / "out", tmp_path / "logs")
+    assert summary["accepted"] == 3
+    assert summary["rejected"] == {schema.UNMAPPABLE: 2}
+    con = duckdb.connect(str(tmp_path / "out" / "stealwatch.duckdb"), read_only=True)
+    rows = con.sql(
+        "SELECT event_id, features, prediction, probabilities FROM events ORDER BY event_id"
+    ).fetchall()
+    con.close()
+    assert rows == [
+        ("one", [1.5, 2.5], "1", [0.3, 0.7]),
+        ("two:0", [1.0, 2.0], "1", [0.1, 0.9]),
+        ("two:1", [3.0, 4.0], "0", [0.8, 0.2]),
+    ]
+
+
+def test_a_day_mixing_formats_maps_only_the_serving_stack_files(tmp_path: Path) -> None:
+    """Files of different formats in one day, interleaved by name: each is read as its own."""
+    day = tmp_path / "logs" / "dt=2026-11-01"
+    canonical = {
+        name: [make_record("2026-11-01", base + i) for i in range(30)]
+        for name, base in (("a.jsonl.gz", 0), ("c.jsonl.gz", 100))
+    }
+    for name, records in canonical.items():
+        write_jsonl(day / name, [json.dumps(r) for r in records])
+    served = [
+        _cloud_event("request", "k1", {"instances": [[1.0, 2.0, 3.0, 4.0]]}),
+        _cloud_event("response", "k1", {"predictions": [1]}, "2026-11-01T10:00:00.100Z"),
+        _cloud_event("request", "k2", {"instances": [[5.0, 6.0, 7.0, 8.0], [9.0, 1.0, 2.0, 3.0]]}),
+        _cloud_event("response", "k2", {"predictions": [0, 2]}, "2026-11-01T10:00:00.200Z"),
+    ]
+    write_jsonl(day / "b.jsonl.gz", served)
+    summary = _audit(tmp_path / "out", tmp_path / "logs")
+    assert summary["accepted"] == 63 and summary["rejected"] == {}
+    con = duckdb.connect(str(tmp_path / "out" / "stealwatch.duckdb"), read_only=True)
+    rows = con.sql(
+        "SELECT regexp_extract(source_file, '[abc][.]jsonl[.]gz$'), event_id, user_id, features "
+        "FROM events ORDER BY ALL"
+    ).fetchall()
+    con.close()
+    expected = [
+        (name, r["event_id"], r["user_id"], r["features"])
+        for name, records in canonical.items()
+        for r in records
+    ] + [
+        ("b.jsonl.gz", "k1", "key-9", [1.0, 2.0, 3.0, 4.0]),
+        ("b.jsonl.gz", "k2:0", "key-9", [5.0, 6.0, 7.0, 8.0]),
+        ("b.jsonl.gz", "k2:1", "key-9", [9.0, 1.0, 2.0, 3.0]),
+    ]
+    assert rows == sorted(expected)
+
+
+def test_gateway_lines_logged_twice_give_one_principal_per_request(
+    archive: Path, tmp_path: Path, canonical: Path
+) -> None:
+    export_sagemaker(archive, tmp_path / "x", seed=4, batch_share=0.0)
+    for path in (tmp_path / "x" / "gateway").rglob("*"):
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            path.write_text("\n".join(lines + lines[:5]) + "\n")  # at-least-once delivery
+    gateway = str(tmp_path / "x" / "gateway")
+    summary = _audit(tmp_path / "sm", tmp_path / "x" / "sagemaker", "--gateway-logs", gateway)
+    assert summary["rejected"] == {} and summary["duplicates"] == 0
+    assert _events(tmp_path / "sm") == _events(canonical)
+
+
+def test_line_split_across_scan_slices_matches_a_plain_split(monkeypatch) -> None:
+    monkeypatch.setattr(store, "_SCAN_BYTES", 7)  # many slices, lines crossing their bounds
+    data = b"".join(b"x" * n + b"\n" for n in (0, 3, 9, 1, 20, 6, 0)) + b"tail"
+    lines, bad = store.split_lines(data)
+    assert bad is None
+    assert lines["text"].to_pylist() == data.decode().splitlines(keepends=True)
+    assert lines["line_no"].to_pylist() == list(range(1, 9))
 
 
 def test_a_toml_mapping_reads_a_teams_own_logs(tmp_path: Path) -> None:
