@@ -115,7 +115,7 @@ def _window_or_empty(context, audit, con):
         context.log.info("no events: nothing to score")
         return None
     users = con.sql(
-        "SELECT count(DISTINCT user_id) FROM events WHERE day BETWEEN ? AND ?",
+        "SELECT count(DISTINCT user_id) FROM user_day WHERE day BETWEEN ? AND ?",
         params=list(window),
     ).fetchall()[0][0]
     if users < MIN_USERS:

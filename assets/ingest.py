@@ -10,9 +10,17 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     BackfillPolicy,
+    DynamicOut,
+    DynamicOutput,
     MaterializeResult,
     MetadataValue,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    Output,
     asset,
+    graph_asset,
+    op,
 )
 from dagster_duckdb import DuckDBResource
 
@@ -21,7 +29,7 @@ from audits.catalog import ArchiveFile, scan_archive
 from audits.ingest_summary import ingest_summary as summarise
 from pipelines.partitions import DUCKDB_POOL, daily_partitions
 from pipelines.progress import progress_for
-from pipelines.resources import AuditConfig
+from pipelines.resources import AuditConfig, StoreResource
 from pipelines.window import audit_window
 
 ACCOUNTING_CHECK = "every_record_accounted_for"
@@ -118,3 +126,109 @@ def _model_width(audit: AuditConfig) -> int | None:
 
 
 ingest_assets = [events, ingest_summary]
+
+
+# ---------------------------------------------------------------- lake mode
+
+# In the lake storage mode (``StoreResource.lake``) day partitions are independent: a graph
+# fans the run's days out to one step each (parallel processes under the multiprocess
+# executor, pods under k8s_job_executor), then one step resolves cross-day duplicates and
+# checks the accounting of every committed day.
+
+
+@op(out=DynamicOut(str))
+def plan_lake_days(context: OpExecutionContext, audit: AuditConfig):
+    """One output per day of the run that has archive files (the last day when none has)."""
+    reader, _ = audit.reader_options()
+    with_files = _files_by_day(audit.logs, reader)
+    keys = [key for key in context.partition_keys if dt.date.fromisoformat(key) in with_files]
+    for key in keys or context.partition_keys[-1:]:
+        yield DynamicOutput(key, mapping_key=key.replace("-", "_"))
+
+
+@op
+def ingest_lake_day(
+    context: OpExecutionContext, duckdb: StoreResource, audit: AuditConfig, day: str
+) -> dict:
+    """Ingest one day partition into the lake (a step of its own: days run in parallel)."""
+    from audits.lake import Lake, ingest_day
+
+    say = progress_for(context)
+    reader, _ = audit.reader_options()
+    date = dt.date.fromisoformat(day)
+    files = _files_by_day(audit.logs, reader).get(date, [])
+    result = ingest_day(
+        Lake(duckdb.lake),
+        date,
+        files,
+        model_width=_model_width(audit),
+        run_id=context.run.run_id,
+        progress=say,
+        reader=reader,
+    )
+    say(
+        f"{day}: {result.total('rows_read')} read, {result.total('accepted')} accepted, "
+        f"{result.total('duplicates')} duplicates within the day, "
+        f"{result.total('rejected')} rejected"
+    )
+    return {"day": day, "input_width": result.input_width}
+
+
+@op(out={"result": Out(Nothing), f"events_{ACCOUNTING_CHECK}": Out(Nothing, is_required=False)})
+def commit_lake_days(
+    context: OpExecutionContext, duckdb: StoreResource, audit: AuditConfig, days: list[dict]
+):
+    """Resolve cross-day duplicates, then account for every record of the run's days."""
+    from audits.lake import Lake, resolve_cross_day
+
+    say = progress_for(context)
+    lake = Lake(duckdb.lake)
+    dropped = resolve_cross_day(lake, context.run.run_id)
+    for day, count in dropped.items():
+        say(f"{day}: {count} records already held by an earlier day counted as duplicates")
+    window = (
+        min(dt.date.fromisoformat(d["day"]) for d in days),
+        max(dt.date.fromisoformat(d["day"]) for d in days),
+    )
+    with duckdb.get_connection() as con:
+        summary = summarise(con, window)
+        unbalanced = [
+            path
+            for d in days
+            for path in store.unbalanced_files(con, dt.date.fromisoformat(d["day"]))
+        ]
+    _, unusable_gateway_lines = audit.reader_options()
+    yield Output(
+        None,
+        "result",
+        metadata={
+            **{k: MetadataValue.int(summary[k]) for k in ("rows_read", "accepted", "duplicates")},
+            "rejected": MetadataValue.int(sum(summary["rejected"].values())),
+            "rejected_by_reason": MetadataValue.json(summary["rejected"]),
+            "input_width": MetadataValue.int(lake.input_width() or 0),
+            "cross_day_duplicates": MetadataValue.int(sum(dropped.values())),
+            "unusable_gateway_lines": MetadataValue.int(unusable_gateway_lines),
+        },
+    )
+    yield AssetCheckResult(
+        check_name=ACCOUNTING_CHECK,
+        asset_key="events",
+        passed=not unbalanced,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"unbalanced_files": MetadataValue.json(unbalanced)},
+    )
+
+
+@graph_asset(
+    name="events",
+    partitions_def=daily_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name="ingest",
+    check_specs=[AssetCheckSpec(ACCOUNTING_CHECK, asset="events", blocking=True)],
+)
+def lake_events():
+    """Accepted events of each day partition, as Parquet in the lake: one step per day."""
+    return commit_lake_days(plan_lake_days().map(ingest_lake_day).collect())
+
+
+lake_ingest_assets = [lake_events, ingest_summary]

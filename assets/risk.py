@@ -94,14 +94,17 @@ def _controls(con, window) -> dict:
     are served."""
     params = list(window)
     busiest = {}
-    for name, unit in (("minute", "minute"), ("hour", "hour"), ("day", "day")):
+    for name, unit in (("minute", "minute"), ("hour", "hour")):
         busiest[f"max_per_{name}"] = con.sql(
             f"SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM events "
             f"WHERE day BETWEEN ? AND ? GROUP BY user_id, date_trunc('{unit}', ts))",
             params=params,
         ).fetchall()[0][0]
-    total, with_proba = con.sql(
-        "SELECT count(*), count(probabilities) FROM events WHERE day BETWEEN ? AND ?",
+    # day-level figures add up the per-day partial aggregates, not the raw events
+    busiest["max_per_day"], total, with_proba = con.sql(
+        "SELECT coalesce(max(n), 0), coalesce(sum(n), 0), coalesce(sum(p), 0) FROM "
+        "(SELECT sum(n_events) AS n, sum(n_with_probabilities) AS p FROM user_day "
+        "WHERE day BETWEEN ? AND ? GROUP BY user_id, day)",
         params=params,
     ).fetchall()[0]
     sample = con.sql(

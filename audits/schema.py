@@ -103,4 +103,25 @@ CREATE TABLE IF NOT EXISTS settings (
 )
 """
 
-ALL_DDL: tuple[str, ...] = (EVENTS_DDL, REJECTED_DDL, SOURCE_FILES_DDL, SETTINGS_DDL)
+USER_DAY_DDL = """
+CREATE TABLE IF NOT EXISTS user_day (
+    partition_day        DATE NOT NULL,
+    day                  DATE NOT NULL,
+    user_id              VARCHAR NOT NULL,
+    n_events             BIGINT NOT NULL,
+    n_with_probabilities BIGINT NOT NULL,
+    first_ts             TIMESTAMP NOT NULL,
+    last_ts              TIMESTAMP NOT NULL
+)
+"""
+"""Per-user, per-day partial aggregates written with each day partition: a window's volume
+rollups (users, events, busiest key per day, probability share) add them up instead of
+re-reading the raw events."""
+
+ALL_DDL: tuple[str, ...] = (
+    EVENTS_DDL,
+    REJECTED_DDL,
+    SOURCE_FILES_DDL,
+    SETTINGS_DDL,
+    USER_DAY_DDL,
+)

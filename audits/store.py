@@ -49,8 +49,18 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = ()) -
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    had_partials = _has_table(con, "user_day")
     for ddl in schema.ALL_DDL:
         con.execute(ddl)
+    if not had_partials:  # a store from before the partials: derive them once
+        con.execute(f"INSERT INTO user_day {user_day_select('events')}")
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.sql(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", params=[name]
+    ).fetchall()
+    return rows[0][0] > 0
 
 
 @dataclass
@@ -133,8 +143,7 @@ def split_lines(data: bytes) -> tuple[pa.Table, np.ndarray | None]:
             data.decode("utf-8")
         except UnicodeDecodeError:
             return _split_lines_slow(data)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10) + 1
+    ends = _line_ends(data)
     if len(data) and data[-1:] != b"\n":
         ends = np.append(ends, len(data))
     offsets = np.concatenate([[0], ends]).astype(np.int64)
@@ -142,6 +151,22 @@ def split_lines(data: bytes) -> tuple[pa.Table, np.ndarray | None]:
     text = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
     line_no = pa.array(np.arange(1, n + 1, dtype=np.int64))
     return pa.table({"line_no": line_no, "text": text}), None
+
+
+_SCAN_BYTES = 1 << 22  # newline scan in slices: one small mask reused, not one per byte
+
+
+def _line_ends(data: bytes) -> np.ndarray:
+    """Offsets just past each newline. Scanning in slices into one reused mask avoids
+    allocating (and page-faulting) a mask as large as the buffer."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    mask = np.empty(min(len(buf), _SCAN_BYTES), dtype=bool)
+    parts = [np.empty(0, dtype=np.int64)]
+    for start in range(0, len(buf), _SCAN_BYTES):
+        chunk = buf[start : start + _SCAN_BYTES]
+        found = np.equal(chunk, 10, out=mask[: len(chunk)])
+        parts.append(np.flatnonzero(found) + (start + 1))
+    return np.concatenate(parts)
 
 
 def _split_lines_slow(data: bytes) -> tuple[pa.Table, np.ndarray]:
@@ -245,6 +270,10 @@ def ingest_day(
         if files:
             width = _validate(con, lines, width)
             _store(con, paths, day)
+            con.execute(
+                f"INSERT INTO user_day {user_day_select('events', 'partition_day = ?')}",
+                [day],
+            )
         results, by_reason = _count_outcomes(con, files, raws, day)
         _record_files(con, files, results, day, run_id)
         if width is not None:
@@ -272,7 +301,7 @@ def _as_canonical(
         indexes = [i for i, f in enumerate(files) if f.kind == kind]
         if not indexes:
             continue
-        subset = lines.filter(pc.is_in(lines["file_index"], pa.array(indexes, pa.int32())))
+        subset = _rows_of_files(lines, indexes)
         parts.append(subset if kind == CANONICAL else to_canonical(con, subset, kind, reader))
     # readers hand over the records they parsed in ``v`` (see validation.validation_sql)
     record_type = next(part.schema.field("v").type for part in parts if "v" in part.column_names)
@@ -293,6 +322,18 @@ def _as_canonical(
     return pa.Table.from_batches(mapped.to_batches(max_chunksize=BATCH_ROWS))
 
 
+def _rows_of_files(lines: pa.Table, indexes: list[int]) -> pa.Table:
+    """The lines of the files at ``indexes``: zero-copy slices where the lines are in file
+    order (as ``read_day`` builds them), else a filter."""
+    file_index = lines["file_index"].to_numpy()
+    if len(file_index) and np.any(file_index[1:] < file_index[:-1]):
+        return lines.filter(pc.is_in(lines["file_index"], pa.array(indexes, pa.int32())))
+    starts = np.searchsorted(file_index, indexes, side="left")
+    stops = np.searchsorted(file_index, indexes, side="right")
+    slices = [lines.slice(a, b - a) for a, b in zip(starts, stops, strict=True) if b > a]
+    return pa.concat_tables(slices) if slices else lines.slice(0, 0)
+
+
 def _stored_width(con: duckdb.DuckDBPyConnection) -> int | None:
     row = fetch_one(con, "SELECT value FROM settings WHERE key = ?", [_WIDTH_KEY])
     return int(row[0]) if row else None
@@ -303,8 +344,18 @@ def _store_width(con: duckdb.DuckDBPyConnection, width: int) -> None:
 
 
 def _clear_partition(con: duckdb.DuckDBPyConnection, day: dt.date) -> None:
-    for table in ("events", "rejected_events", "source_files"):
+    for table in ("events", "rejected_events", "source_files", "user_day"):
         con.execute(f"DELETE FROM {table} WHERE partition_day = ?", [day])
+
+
+def user_day_select(events: str, where: str = "true") -> str:
+    """SQL selecting ``user_day`` rows (per-user, per-day partial aggregates) from the rows
+    of an events relation that satisfy ``where``."""
+    return (
+        "SELECT partition_day, day, user_id, count(*) AS n_events, "
+        "count(probabilities) AS n_with_probabilities, min(ts) AS first_ts, max(ts) AS last_ts "
+        f"FROM {events} WHERE {where} GROUP BY ALL"
+    )
 
 
 def _validate(con: duckdb.DuckDBPyConnection, lines: pa.Table, width: int | None) -> int | None:

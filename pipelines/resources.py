@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from dagster_duckdb import DuckDBResource
+
+
+class StoreResource(DuckDBResource):
+    """Where the audit's tables live: the DuckDB file (``database``, the default), or, when
+    ``lake`` is set, day partitions as Parquet under a path or ``s3://`` root that steps on
+    different hosts share (``database`` is then a scratch file or ``:memory:``)."""
+
+    lake: str | None = None
+
+    @contextmanager
+    def get_connection(self):
+        if not self.lake:
+            with super().get_connection() as con:
+                yield con
+            return
+        from audits.lake import Lake, session
+
+        with session(Lake(self.lake), self.database) as con:
+            yield con
 
 
 class AuditConfig(ConfigurableResource):

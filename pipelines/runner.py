@@ -4,20 +4,26 @@ schedule runs."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import sys
+import tempfile
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import DagsterInstance
+from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 
 from audits.errors import AuditFailed, InputError
-from pipelines.definitions import build_definitions
+from pipelines.definitions import build_definitions, daily_audit_from_env
 from pipelines.partitions import FIRST_DAY
 from pipelines.resources import AuditConfig
 from pipelines.window import RANGE_END_TAG, RANGE_START_TAG
 
+_PRELOAD = ["pipelines.definitions", "audits.detectors", "audits.forensics", "reports.render"]
 _QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
@@ -42,13 +48,28 @@ def check_days(start: dt.date, end: dt.date) -> None:
         )
 
 
-def run_audit(audit: AuditConfig, database: str, start: dt.date, end: dt.date) -> None:
-    """Materialise every asset of the daily-audit job for the days ``start..end``."""
+def run_audit(
+    audit: AuditConfig,
+    database: str,
+    start: dt.date,
+    end: dt.date,
+    *,
+    lake: str | None = None,
+    workers: int = 1,
+) -> None:
+    """Materialise every asset of the daily-audit job for the days ``start..end``: in this
+    process, or with ``workers`` > 1 (lake mode) under Dagster's multiprocess executor, each
+    day partition's ingest a process of its own."""
     check_days(start, end)
-    job = build_definitions(audit, database).resolve_job_def("daily_audit")
     tags = {RANGE_START_TAG: start.isoformat(), RANGE_END_TAG: end.isoformat()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if workers > 1:
+            if not lake:
+                raise InputError("--workers needs --lake: a DuckDB file takes one writer at a time")
+            _run_multiprocess(audit, database, lake, tags, workers)
+            return
+        job = build_definitions(audit, database, lake).resolve_job_def("daily_audit")
         try:
             job.execute_in_process(
                 run_config=_QUIET_DAGSTER, instance=DagsterInstance.ephemeral(), tags=tags
@@ -59,7 +80,89 @@ def run_audit(audit: AuditConfig, database: str, start: dt.date, end: dt.date) -
             cause = getattr(exc, "user_exception", None) or exc
             if isinstance(cause, InputError):
                 raise cause from None
-            log = Path(audit.out_dir) / "error.log"
-            log.write_text("".join(traceback.format_exception(cause)))
-            first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            raise AuditFailed(f"audit failed: {first_line} (details in {log})") from None
+            _fail(audit, "".join(traceback.format_exception(cause)), str(cause) or repr(cause))
+
+
+def _fail(audit: AuditConfig, details: str, message: str) -> None:
+    log = Path(audit.out_dir) / "error.log"
+    log.write_text(details)
+    first_line = (message.strip().splitlines() or ["unknown error"])[0]
+    raise AuditFailed(f"audit failed: {first_line} (details in {log})") from None
+
+
+def _run_multiprocess(
+    audit: AuditConfig, database: str, lake: str, tags: dict[str, str], workers: int
+) -> None:
+    run_config = {
+        **_QUIET_DAGSTER,
+        "execution": {
+            "config": {
+                "multiprocess": {
+                    "max_concurrent": workers,
+                    # steps fork from a server that has imported the pipeline once, instead
+                    # of each step process importing Dagster, PyOD and torch again
+                    "start_method": {"forkserver": {"preload_modules": _PRELOAD}},
+                }
+            }
+        },
+    }
+    with _child_environment(audit, database, lake), _temporary_instance() as instance:
+        result = execute_job(
+            reconstructable(daily_audit_from_env),
+            instance=instance,
+            tags=tags,
+            run_config=run_config,
+            raise_on_error=False,
+        )
+        if result.success:
+            return
+        failures = [
+            event.step_failure_data.error
+            for event in result.all_events
+            if event.event_type == DagsterEventType.STEP_FAILURE and event.step_failure_data
+        ]
+    error = failures[0] if failures else None
+    while error is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+        error = error.cause or error
+        if error.cause is None:
+            break
+    if error is not None and error.cls_name == "InputError":
+        raise InputError(error.message.split(": ", 1)[-1].strip())
+    details = error.to_string() if error else "the run failed without a step failure"
+    _fail(audit, details, error.message.split(": ", 1)[-1] if error else details)
+
+
+@contextmanager
+def _child_environment(audit: AuditConfig, database: str, lake: str) -> Iterator[None]:
+    """The settings a multiprocess run's children rebuild their resources from."""
+    fields = {name: getattr(audit, name) for name in AuditConfig.model_fields}
+    values = {
+        "STEALWATCH_AUDIT_CONFIG": json.dumps(fields),
+        "STEALWATCH_DB": database,
+        "STEALWATCH_LAKE": lake,
+        "STEALWATCH_ENV": "local",
+        "STEALWATCH_PROGRESS": "1" if logging.getLogger("stealwatch").handlers else "0",
+        # OpenMP threads that spin at barriers starve each other when steps run side by side
+        # (scikit-learn's gradient boosting took minutes instead of seconds): let them sleep
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def _temporary_instance() -> Iterator[DagsterInstance]:
+    """A throwaway Dagster instance on disk (the multiprocess executor needs one), with the
+    project's pool limits: writers of the window tables one at a time."""
+    with tempfile.TemporaryDirectory(prefix="stealwatch-dagster-") as home:
+        overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+        with DagsterInstance.local_temp(tempdir=home, overrides=overrides) as instance:
+            yield instance

@@ -130,8 +130,8 @@ def ingest_health(con: duckdb.DuckDBPyConnection, window: Window) -> dict:
 def event_totals(con: duckdb.DuckDBPyConnection, window: Window) -> dict:
     return _rows(
         con,
-        "SELECT count(*) AS events, count(DISTINCT user_id) AS users FROM events "
-        "WHERE day BETWEEN ? AND ?",
+        "SELECT coalesce(sum(n_events), 0) AS events, count(DISTINCT user_id) AS users "
+        "FROM user_day WHERE day BETWEEN ? AND ?",
         list(window),
     )[0]
 

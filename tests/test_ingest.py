@@ -188,3 +188,27 @@ def test_day_is_the_utc_day_and_hostile_strings_are_stored_verbatim(tmp_path: Pa
     _ingest_all(con, root)
     rows = con.sql("SELECT user_id, day, partition_day FROM events").fetchall()
     assert rows == [(hostile, DAY1, DAY2)]
+
+
+def test_per_day_partials_add_up_to_the_events(archive: Path, tmp_path: Path) -> None:
+    con = store.connect(tmp_path / "db.duckdb")
+    _ingest_all(con, archive)
+    _ingest_all(con, archive)  # a rerun replaces the partials with the partition
+    from_events = con.sql(
+        "SELECT user_id, day, count(*), count(probabilities), min(ts), max(ts) FROM events "
+        "GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    from_partials = con.sql(
+        "SELECT user_id, day, sum(n_events), sum(n_with_probabilities), min(first_ts), "
+        "max(last_ts) FROM user_day GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert from_partials == from_events and len(from_events) == 26
+
+
+def test_a_store_from_before_the_partials_gets_them_derived(archive: Path, tmp_path: Path) -> None:
+    con = store.connect(tmp_path / "db.duckdb")
+    _ingest_all(con, archive)
+    con.execute("DROP TABLE user_day")
+    store.ensure_schema(con)
+    (total,) = con.sql("SELECT sum(n_events) FROM user_day").fetchall()[0]
+    assert total == _count(con, "events") == 800

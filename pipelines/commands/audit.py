@@ -71,6 +71,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--start", help="first UTC day to audit, YYYY-MM-DD")
     parser.add_argument("--end", help="last UTC day to audit, YYYY-MM-DD")
     parser.add_argument("--db", help="DuckDB file (default: OUT/stealwatch.duckdb)")
+    parser.add_argument(
+        "--lake",
+        help="store day partitions as Parquet under this path or s3://bucket/prefix "
+        "(shared by steps on different hosts) instead of the DuckDB file",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="with --lake: processes for the day partitions' ingest (default: 1, in-process)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(handler=run)
 
@@ -154,10 +165,19 @@ def run(args: argparse.Namespace) -> int:
         start=start.isoformat(),
         end=end.isoformat(),
     )
-    database = args.db or str(out / "stealwatch.duckdb")
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and not args.lake:
+        raise InputError("--workers needs --lake: a DuckDB file takes one writer at a time")
+    if args.lake:
+        from audits.lake import Lake
+
+        Lake(args.lake)  # fail now on a lake that cannot be opened
+    database = args.db or (":memory:" if args.lake else str(out / "stealwatch.duckdb"))
     show_progress(not args.quiet)
-    print(f"stealwatch: auditing {start}..{end} of {args.logs} into {database}", file=sys.stderr)
-    run_audit(audit, database, start, end)
+    store = args.lake or database
+    print(f"stealwatch: auditing {start}..{end} of {args.logs} into {store}", file=sys.stderr)
+    run_audit(audit, database, start, end, lake=args.lake, workers=args.workers)
     summary = json.loads((out / "ingest_summary.json").read_text())
     print(
         f"ingested {summary['files']} files: {summary['rows_read']} records read, "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from audits.errors import InputError
@@ -17,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Render the incident page for any user (flagged or not) from an audit's "
         "DuckDB file.",
     )
-    parser.add_argument("--db", required=True, help="the audit's DuckDB file")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="the audit's DuckDB file")
+    where.add_argument("--lake", help="the audit's lake (path or s3://bucket/prefix)")
     parser.add_argument("--user", required=True, help="user id (API key, principal)")
     parser.add_argument("--start", help="first UTC day, YYYY-MM-DD (default: the user's first)")
     parser.add_argument("--end", help="last UTC day, YYYY-MM-DD (default: the user's last)")
@@ -26,27 +30,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import duckdb
-
-    from reports import data, pages
-
     start, end = parse_day(args.start, "--start"), parse_day(args.end, "--end")
     if start and end and start > end:
         raise InputError(f"--start {start} is after --end {end}")
+    with _store(args) as (con, name):
+        span = con.sql(
+            "SELECT min(day), max(day) FROM events WHERE user_id = ?", params=[args.user]
+        ).fetchall()[0]
+        if span[0] is None:
+            raise InputError(f"user {args.user!r} has no events in {name}")
+        return _write_page(con, args, (start or span[0], end or span[1]))
+
+
+@contextmanager
+def _store(args: argparse.Namespace) -> Iterator[tuple[object, str]]:
+    """A read connection to the audit's DuckDB file or lake, and its name for messages."""
+    import duckdb
+
+    from reports import data
+
+    if args.lake:
+        from audits.lake import Lake, session
+
+        lake = Lake(args.lake)
+        if not lake.manifests():
+            raise InputError(f"{args.lake} holds no ingested day (no _manifests)")
+        with session(lake) as con:
+            yield con, args.lake
+        return
     if not Path(args.db).is_file():
         raise InputError(f"database not found: {args.db}")
     try:
         con = duckdb.connect(args.db, read_only=True)
     except duckdb.Error as exc:
         raise InputError(f"cannot open {args.db}: {str(exc).splitlines()[0]}") from None
-    if not data.has_table(con, "events"):
-        raise InputError(f"{args.db} is not a stealwatch database (no events table)")
-    span = con.sql(
-        "SELECT min(day), max(day) FROM events WHERE user_id = ?", params=[args.user]
-    ).fetchall()[0]
-    if span[0] is None:
-        raise InputError(f"user {args.user!r} has no events in {args.db}")
-    window = (start or span[0], end or span[1])
+    try:
+        if not data.has_table(con, "events"):
+            raise InputError(f"{args.db} is not a stealwatch database (no events table)")
+        yield con, args.db
+    finally:
+        con.close()
+
+
+def _write_page(con, args: argparse.Namespace, window) -> int:
+    from reports import data, pages
+
     out = Path(args.out)
     path = pages.write_subject_page(
         con,
