@@ -136,32 +136,35 @@ ingest_assets = [events, ingest_summary]
 # checks the accounting of every committed day.
 
 
-@op(out=DynamicOut(str))
+@op(out=DynamicOut(dict))
 def plan_lake_days(context: OpExecutionContext, audit: AuditConfig):
-    """One output per day of the run that has archive files (the last day when none has)."""
+    """One output per day of the run that has archive files (the last day when none has),
+    with the model's input width (read once here, not once per day)."""
     reader, _ = audit.reader_options()
     with_files = _files_by_day(audit.logs, reader)
     keys = [key for key in context.partition_keys if dt.date.fromisoformat(key) in with_files]
+    width = _model_width(audit)
     for key in keys or context.partition_keys[-1:]:
-        yield DynamicOutput(key, mapping_key=key.replace("-", "_"))
+        yield DynamicOutput({"day": key, "model_width": width}, mapping_key=key.replace("-", "_"))
 
 
 @op
 def ingest_lake_day(
-    context: OpExecutionContext, duckdb: StoreResource, audit: AuditConfig, day: str
+    context: OpExecutionContext, duckdb: StoreResource, audit: AuditConfig, plan: dict
 ) -> dict:
     """Ingest one day partition into the lake (a step of its own: days run in parallel)."""
     from audits.lake import Lake, ingest_day
 
     say = progress_for(context)
     reader, _ = audit.reader_options()
+    day = plan["day"]
     date = dt.date.fromisoformat(day)
     files = _files_by_day(audit.logs, reader).get(date, [])
     result = ingest_day(
         Lake(duckdb.lake),
         date,
         files,
-        model_width=_model_width(audit),
+        model_width=plan["model_width"],
         run_id=context.run.run_id,
         progress=say,
         reader=reader,
