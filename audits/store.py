@@ -38,6 +38,7 @@ _STAGED_COLUMNS = (
 def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) a stealwatch database with its tables."""
     con = duckdb.connect(str(path))
+    con.execute("SET enable_progress_bar = false")
     ensure_schema(con)
     return con
 

@@ -21,6 +21,7 @@ class StoreResource(DuckDBResource):
     def get_connection(self):
         if not self.lake:
             with super().get_connection() as con:
+                con.execute("SET enable_progress_bar = false")  # progress is ours to print
                 yield con
             return
         from audits.lake import Lake, session

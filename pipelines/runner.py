@@ -145,6 +145,7 @@ def _child_environment(audit: AuditConfig, database: str, lake: str) -> Iterator
         # OpenMP threads that spin at barriers starve each other when steps run side by side
         # (scikit-learn's gradient boosting took minutes instead of seconds): let them sleep
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),  # as in-process
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
@@ -163,6 +164,11 @@ def _temporary_instance() -> Iterator[DagsterInstance]:
     """A throwaway Dagster instance on disk (the multiprocess executor needs one), with the
     project's pool limits: writers of the window tables one at a time."""
     with tempfile.TemporaryDirectory(prefix="stealwatch-dagster-") as home:
-        overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+        overrides = {
+            "concurrency": {"pools": {"default_limit": 1}},
+            # step processes log "started" lines to the console at this level, run config
+            # aside: progress comes from the stealwatch logger instead
+            "python_logs": {"python_log_level": "CRITICAL"},
+        }
         with DagsterInstance.local_temp(tempdir=home, overrides=overrides) as instance:
             yield instance
