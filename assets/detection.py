@@ -14,6 +14,7 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
+from audits import store
 from audits.errors import InputError
 from audits.features import FEATURE_COLUMNS, population_reference
 from audits.features import user_features as compute_features
@@ -114,6 +115,7 @@ def _window_or_empty(context, audit, con):
     if window is None:
         context.log.info("no events: nothing to score")
         return None
+    store.ensure_schema(con)  # the per-day partials, derived once for a store without them
     users = con.sql(
         "SELECT count(DISTINCT user_id) FROM user_day WHERE day BETWEEN ? AND ?",
         params=list(window),

@@ -79,6 +79,7 @@ def test_unsupervised_detectors_cannot_raise_a_zero_evidence_user():
 def test_detection_assets_write_tables(tmp_path, audited):
     from assets.detection import detection_assets
     from audits.schema import EVENTS_DDL
+    from audits.store import user_day_select
     from pipelines.resources import AuditConfig
 
     events = audited[0].with_columns(
@@ -94,6 +95,7 @@ def test_detection_assets_write_tables(tmp_path, audited):
             con.execute(EVENTS_DDL)
             con.register("ev", events.to_arrow())
             con.execute("INSERT INTO events BY NAME SELECT * FROM ev")
+            con.execute(f"CREATE OR REPLACE TABLE user_day AS {user_day_select('events')}")
 
     resources = {
         "duckdb": DuckDBResource(database=db),
