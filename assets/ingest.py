@@ -140,12 +140,12 @@ ingest_assets = [events, ingest_summary]
 def plan_lake_days(context: OpExecutionContext, audit: AuditConfig):
     """One output per day of the run that has archive files (the last day when none has),
     with the model's input width (read once here, not once per day)."""
-    reader, _ = audit.reader_options()
+    reader, unusable = audit.reader_options()
     with_files = _files_by_day(audit.logs, reader)
     keys = [key for key in context.partition_keys if dt.date.fromisoformat(key) in with_files]
-    width = _model_width(audit)
+    shared = {"model_width": _model_width(audit), "unusable_gateway_lines": unusable}
     for key in keys or context.partition_keys[-1:]:
-        yield DynamicOutput({"day": key, "model_width": width}, mapping_key=key.replace("-", "_"))
+        yield DynamicOutput({"day": key, **shared}, mapping_key=key.replace("-", "_"))
 
 
 @op
@@ -174,13 +174,11 @@ def ingest_lake_day(
         f"{result.total('duplicates')} duplicates within the day, "
         f"{result.total('rejected')} rejected"
     )
-    return {"day": day, "input_width": result.input_width}
+    return {"day": day, "unusable_gateway_lines": plan["unusable_gateway_lines"]}
 
 
 @op(out={"result": Out(Nothing), f"events_{ACCOUNTING_CHECK}": Out(Nothing, is_required=False)})
-def commit_lake_days(
-    context: OpExecutionContext, duckdb: StoreResource, audit: AuditConfig, days: list[dict]
-):
+def commit_lake_days(context: OpExecutionContext, duckdb: StoreResource, days: list[dict]):
     """Resolve cross-day duplicates, then account for every record of the run's days."""
     from audits.lake import Lake, resolve_cross_day
 
@@ -200,7 +198,6 @@ def commit_lake_days(
             for d in days
             for path in store.unbalanced_files(con, dt.date.fromisoformat(d["day"]))
         ]
-    _, unusable_gateway_lines = audit.reader_options()
     yield Output(
         None,
         "result",
@@ -210,7 +207,7 @@ def commit_lake_days(
             "rejected_by_reason": MetadataValue.json(summary["rejected"]),
             "input_width": MetadataValue.int(lake.input_width() or 0),
             "cross_day_duplicates": MetadataValue.int(sum(dropped.values())),
-            "unusable_gateway_lines": MetadataValue.int(unusable_gateway_lines),
+            "unusable_gateway_lines": MetadataValue.int(days[0]["unusable_gateway_lines"]),
         },
     )
     yield AssetCheckResult(

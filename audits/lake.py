@@ -264,7 +264,8 @@ def _drop_later_copies(con: duckdb.DuckDBPyConnection, lake: Lake, day: dt.date,
     finally:
         con.unregister("earlier_events")
         con.unregister("day_events")
-    files = pq.read_table(manifest["files"]["source_files"], filesystem=lake.fs).to_pylist()
+    custody = pq.read_table(manifest["files"]["source_files"], filesystem=lake.fs)
+    files = custody.to_pylist()
     for row in files:
         moved = dropped.get(row["path"], 0)
         row["accepted"] -= moved
@@ -272,7 +273,7 @@ def _drop_later_copies(con: duckdb.DuckDBPyConnection, lake: Lake, day: dt.date,
     tables = {
         "events": con.sql("SELECT * FROM kept").to_arrow_table(),
         "rejected_events": pq.read_table(manifest["files"]["rejected_events"], filesystem=lake.fs),
-        "source_files": pa.Table.from_pylist(files, schema=_arrow_schema(con, "source_files")),
+        "source_files": pa.Table.from_pylist(files, schema=custody.schema),
         "user_day": con.sql(store.user_day_select("kept")).to_arrow_table(),
     }
     con.execute("DROP TABLE kept")
@@ -281,13 +282,6 @@ def _drop_later_copies(con: duckdb.DuckDBPyConnection, lake: Lake, day: dt.date,
 
 def _committed_days(lake: Lake) -> list[dt.date]:
     return sorted(dt.date.fromisoformat(m["day"]) for m in lake.manifests())
-
-
-def _arrow_schema(con: duckdb.DuckDBPyConnection, table: str) -> pa.Schema:
-    con.execute(_DDL[table].replace(f"TABLE IF NOT EXISTS {table}", f"TEMP TABLE _s_{table}"))
-    arrow = con.sql(f"SELECT * FROM _s_{table}").to_arrow_table().schema
-    con.execute(f"DROP TABLE _s_{table}")
-    return arrow
 
 
 # ---------------------------------------------------------------- sessions
@@ -305,7 +299,7 @@ def session(lake: Lake, database: str = ":memory:") -> Iterator[duckdb.DuckDBPyC
         for name in DAY_TABLES:
             dataset = lake.dataset(name)
             if dataset is None:
-                con.execute(_DDL[name].replace(f"TABLE IF NOT EXISTS {name}", f"TABLE {name}"))
+                con.execute(_DDL[name])  # nothing committed yet: an empty table
             else:
                 con.register(f"_lake_{name}", dataset)
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM _lake_{name}")
