@@ -16,9 +16,15 @@ from dagster_duckdb import DuckDBResource
 
 from audits import store
 from audits.errors import InputError
-from audits.features import FEATURE_COLUMNS, population_reference
-from audits.features import user_features as compute_features
-from audits.scoring import INCIDENTS_SCHEMA, USER_SCORES_SCHEMA, audit_scores, build_incidents
+from audits.event_source import DuckDBSource
+from audits.features import FEATURE_COLUMNS, window_features
+from audits.scoring import (
+    INCIDENTS_SCHEMA,
+    USER_SCORES_SCHEMA,
+    audit_scores,
+    build_incidents,
+    group_features,
+)
 from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 
@@ -137,13 +143,13 @@ def user_features(
         window = _window_or_empty(context, audit, con)
         if window is None:
             return MaterializeResult(metadata={"rows": 0})
-        events = window_events(con, window)
-        features = compute_features(events, reference)
+        source = DuckDBSource(con, window)
+        features = window_features(source, reference)
         _replace(con, "user_features", USER_FEATURES_DDL, features, window)
     return MaterializeResult(
         metadata={
             "rows": features.height,
-            "events": events.height,
+            "events": source.n_events,
             "window": f"{window[0]}..{window[1]}",
             "preview": _preview(features.select("user_id", *FEATURE_COLUMNS[:6])),
         }
@@ -164,7 +170,6 @@ def user_scores(
                 audit.out_path / "user_scores.parquet"
             )
             return MaterializeResult(metadata={"rows": 0, "flagged": 0})
-        events = window_events(con, window)
         features = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
             "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
@@ -172,9 +177,8 @@ def user_scores(
         ).pl()
         if features.height == 0:
             features = None
-        if reference is None and events.height:
-            reference = population_reference(events)
-        _, scores, summary = audit_scores(events, reference, features=features)
+        source = DuckDBSource(con, window)
+        _, scores, summary = audit_scores(source, reference, features=features)
         _replace(con, "user_scores", USER_SCORES_DDL, scores, window)
         groups = summary["groups"].with_columns(
             pl.lit(summary["threshold"]).alias("threshold"),
@@ -218,7 +222,7 @@ def incidents(
         if window is None:
             return _canary_incidents_only(context, audit, con)
         params = list(window)
-        events = window_events(con, window)
+        source = DuckDBSource(con, window)
         features = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
             "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
@@ -243,20 +247,15 @@ def incidents(
         group_feats = None
         flagged_groups = groups.filter(pl.col("flagged")) if groups.height else groups
         if flagged_groups.height:
-            from audits.scoring import group_features
-
             members = (
                 flagged_groups.select("group_id", "members")
                 .explode("members")
                 .rename({"members": "user_id"})
             )
-            reference = load_reference(audit)
-            if reference is None:
-                reference = population_reference(events)
-            group_feats = group_features(events, members, reference)
+            group_feats = group_features(source, members, load_reference(audit))
         summary = {"threshold": threshold, "groups": groups, "group_features": group_feats}
         table = (
-            build_incidents(events, features, scores, summary)
+            build_incidents(source, features, scores, summary)
             if scores.height
             else (pl.DataFrame(schema=INCIDENTS_SCHEMA))
         )

@@ -1,11 +1,14 @@
 """Forensics asset: the damage of every flagged user and group, linked Sybil groups and the
 defence replay of every incident.
 
-A thin wrapper over :mod:`audits.forensics`: reads the window's events, scores and incidents
-from DuckDB, writes the ``damage`` table (replacing the window's rows), fills
-``user_scores.est_fidelity`` / ``group_id`` and ``incidents.est_fidelity`` / ``damage`` for the
-window, and rewrites ``OUT/user_scores.parquet``. Every log-derived value reaches SQL as a bound
-parameter or a registered frame.
+A thin wrapper over :mod:`audits.forensics`: reads the window's scores and incidents from
+DuckDB and its events through a :class:`audits.event_source.DuckDBSource` (one subject's events
+at a time, the legitimate users' a batch at a time, samples for the reference and the
+probability columns: memory follows a subject and a batch, not the window), writes the
+``damage`` table (replacing the window's rows), fills ``user_scores.est_fidelity`` /
+``group_id`` and ``incidents.est_fidelity`` / ``damage`` for the window, and rewrites
+``OUT/user_scores.parquet``. Every log-derived value reaches SQL as a bound parameter or a
+registered frame.
 """
 
 import json
@@ -16,9 +19,9 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
 from assets.detection import POOL, USER_SCORES_DDL, _preview, _replace, load_reference
-from assets.detection import window_events as read_window_events
 from audits import forensics as fx
 from audits.errors import InputError
+from audits.event_source import DuckDBSource, EventSource
 from audits.scoring import USER_SCORES_SCHEMA
 from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
@@ -29,9 +32,11 @@ CREATE TABLE IF NOT EXISTS damage (
     subject VARCHAR NOT NULL, kind VARCHAR NOT NULL, members VARCHAR[],
     est_fidelity DOUBLE, ci_low DOUBLE, ci_high DOUBLE, fidelity_probabilities DOUBLE,
     queries BIGINT, queries_to_90 BIGINT, surrogate VARCHAR, reference VARCHAR,
-    curve VARCHAR, replay VARCHAR
+    curve VARCHAR, replay VARCHAR, trained_on BIGINT
 )
 """
+# a store from before the training budget
+DAMAGE_MIGRATION = "ALTER TABLE damage ADD COLUMN IF NOT EXISTS trained_on BIGINT"
 DAMAGE_SCHEMA = {
     "subject": pl.String,
     "kind": pl.String,
@@ -46,6 +51,7 @@ DAMAGE_SCHEMA = {
     "reference": pl.String,
     "curve": pl.String,
     "replay": pl.String,
+    "trained_on": pl.Int64,
 }
 
 
@@ -59,6 +65,7 @@ class ForensicsConfig(Config):
     noise_scale: float = fx.DEFAULT_NOISE_SCALE
     dedup_tolerance: float = fx.DEFAULT_DEDUP_TOLERANCE
     reference_rows: int = fx.REFERENCE_ROWS
+    train_budget: int = fx.TRAIN_BUDGET  # queries per surrogate at most (0: every query)
     seed: int = 0
 
     def rate_limits(self) -> dict[str, int]:
@@ -71,7 +78,7 @@ class ForensicsConfig(Config):
 
 
 def forensic_reference(
-    audit: AuditConfig, events: pl.DataFrame, flagged: list[str], rows: int, seed: int
+    audit: AuditConfig, events: EventSource | pl.DataFrame, flagged: list[str], rows: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Reference inputs and the served model's answers on them: ``--reference`` labelled by
     ``--model`` when both are given, else a sample of unflagged users' logged traffic."""
@@ -111,6 +118,7 @@ def forensics(
     with duckdb.get_connection() as con:
         window = audit_window(context, audit, con)
         con.execute(DAMAGE_DDL)
+        con.execute(DAMAGE_MIGRATION)
         if window is None:
             return MaterializeResult(metadata={"rows": 0})
         params = list(window)
@@ -144,9 +152,8 @@ def forensics(
                 }
             )
         )
-        events = read_window_events(con, window)
-        table, fidelity, groups, incident_damage = _forensics(
-            config, audit, events, scores, flagged, incidents, context
+        table, fidelity, groups, incident_damage = forensics_of(
+            config, audit, DuckDBSource(con, window), scores, flagged, incidents, context.log.info
         )
         _write(con, window, table, fidelity, groups, incident_damage, audit)
     return MaterializeResult(
@@ -172,97 +179,116 @@ def forensics(
     )
 
 
-def _forensics(config, audit, events, scores, flagged, incidents, context):
-    from threadpoolctl import threadpool_limits
-
-    seed = config.seed
-    ref_X, ref_y, ref_kind = forensic_reference(audit, events, flagged, config.reference_rows, seed)
-    if len(ref_y) == 0:
-        raise InputError(
-            "no reference inputs: give --reference and --model, or logs of "
-            "unflagged users with predictions"
-        )
-    ref_y = fx.as_labels(ref_y)
-    columns = fx.proba_columns(events)
-    existing = dict(zip(scores["user_id"].to_list(), scores["group_id"].to_list(), strict=True))
-    groups = fx.link_groups(events, flagged, existing=existing, scale=ref_X.std(axis=0))
-    by_user = events.partition_by("user_id", as_dict=True)
-    # one conversion for every replay: the legitimate costs are computed once and kept on it
-    legit = fx.traffic(events.filter(~pl.col("user_id").is_in(flagged)), ref_X.shape[1])
-    limits = config.rate_limits()
-
-    def subject_events(members) -> pl.DataFrame:
-        parts = [by_user[(m,)] for m in members if (m,) in by_user]
-        return pl.concat(parts) if parts else events.head(0)
-
-    damages: dict[tuple[str, ...], fx.Damage] = {}
-
-    def damage(members) -> fx.Damage:
-        key = _members_key(members)
-        if key not in damages:
-            damages[key] = fx.damage_of_events(
-                subject_events(key), ref_X, ref_y, columns=columns, seed=seed
-            )
-        return damages[key]
-
-    rows, replays = [], {}
+def _subjects(flagged, groups, incidents) -> list[tuple[str, str, list[str]]]:
+    """``(kind, subject, members)`` of every damage row: each flagged user, each linked group
+    and each group incident's members not linked as one group."""
     subjects: list[tuple[str, str, list[str]]] = [("user", u, [u]) for u in sorted(flagged)]
     linked: dict[str, list[str]] = {}
     for uid, gid in groups.items():
         linked.setdefault(gid, []).append(uid)
     subjects += [("group", gid, sorted(m)) for gid, m in sorted(linked.items())]
     for inc in incidents.iter_rows(named=True):
-        members = sorted(inc["members"] or [inc["subject"]])
         if inc["kind"] == "group" and inc["subject"] not in linked:
-            subjects.append(("group", inc["subject"], members))
-    incident_damage = {}
+            subjects.append(("group", inc["subject"], _incident_members(inc)))
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for kind, subject, members in subjects:
+        if (kind, subject) not in seen:
+            seen.add((kind, subject))
+            unique.append((kind, subject, members))
+    return unique
+
+
+def _incident_members(inc: dict) -> list[str]:
+    return sorted(inc["members"] or [inc["subject"]])
+
+
+def forensics_of(config, audit, source: EventSource, scores, flagged, incidents, log):
+    """The damage table, each flagged user's fidelity, the linked groups and each incident's
+    ``(damage, replay)`` from the window's events in ``source``: one subject (a key or a group's
+    keys) read and estimated at a time, the legitimate users' defence costs once, a batch at a
+    time."""
+    from threadpoolctl import threadpool_limits
+
+    if config.train_budget < 0:
+        raise InputError(f"train_budget must be 0 (no budget) or more, not {config.train_budget}")
+    seed = config.seed
+    ref_X, ref_y, ref_kind = forensic_reference(audit, source, flagged, config.reference_rows, seed)
+    if len(ref_y) == 0:
+        raise InputError(
+            "no reference inputs: give --reference and --model, or logs of "
+            "unflagged users with predictions"
+        )
+    ref_y = fx.as_labels(ref_y)
+    width, scale = ref_X.shape[1], ref_X.std(axis=0)
+    columns = fx.proba_columns(source)
+    existing = dict(zip(scores["user_id"].to_list(), scores["group_id"].to_list(), strict=True))
+    groups = fx.link_groups(source, flagged, existing=existing, scale=scale)
+    subjects = _subjects(flagged, groups, incidents)
+    incident_keys = {
+        inc["incident_id"]: _members_key(_incident_members(inc))
+        for inc in incidents.iter_rows(named=True)
+    }
+    defences = {
+        "rate_limits": config.rate_limits(),
+        "round_decimals": config.round_decimals,
+        "noise_scale": config.noise_scale,
+        "dedup_tolerance": config.dedup_tolerance,
+        "seed": seed,
+    }
+    replay_keys = set(incident_keys.values())
+    legit = None
+    if replay_keys:  # once per window: every incident's replay shares it
+        legit = fx.legit_costs(source, exclude=flagged, width=width, scale=scale, **defences)
+    damages: dict[tuple[str, ...], fx.Damage] = {}
+    replays: dict[tuple[str, ...], dict] = {}
+    keys = [*incident_keys.values(), *(_members_key(m) for _, _, m in subjects)]
     with threadpool_limits(1):
-        for inc in incidents.iter_rows(named=True):
-            members = sorted(inc["members"] or [inc["subject"]])
-            key = _members_key(members)
-            d = damage(members)
-            if key not in replays:
+        for key in dict.fromkeys(keys):  # one subject's events in memory at a time
+            t = fx.traffic(source.fetch(list(key)), width)
+            damages[key] = fx.damage_of_traffic(
+                t, ref_X, ref_y, columns=columns, seed=seed, budget=config.train_budget
+            )
+            if key in replay_keys:
                 replays[key] = fx.replay_defences(
-                    subject_events(key),
+                    t,
                     legit,
                     ref_X,
                     ref_y,
                     columns=columns,
-                    rate_limits=limits,
-                    round_decimals=config.round_decimals,
-                    noise_scale=config.noise_scale,
-                    dedup_tolerance=config.dedup_tolerance,
-                    baseline=d.fidelity,
-                    seed=seed,
+                    baseline=damages[key].fidelity,
+                    budget=config.train_budget,
+                    **defences,
                 )
-            incident_damage[inc["incident_id"]] = (d, replays[key])
-        seen = set()
-        for kind, subject, members in subjects:
-            if (kind, subject) in seen:
-                continue
-            seen.add((kind, subject))
-            d = damage(members)
-            replay = replays.get(_members_key(members))
-            rows.append(
-                {
-                    "subject": subject,
-                    "kind": kind,
-                    "members": members,
-                    "est_fidelity": d.fidelity,
-                    "ci_low": d.ci[0],
-                    "ci_high": d.ci[1],
-                    "fidelity_probabilities": d.fidelity_probabilities,
-                    "queries": d.queries,
-                    "queries_to_90": d.queries_to_90,
-                    "surrogate": d.surrogate,
-                    "reference": ref_kind,
-                    "curve": json.dumps(d.curve),
-                    "replay": json.dumps(replay) if replay is not None else None,
-                }
-            )
-            context.log.info(f"damage of {kind} {subject}: fidelity {d.fidelity:.3f}")
+    rows = []
+    for kind, subject, members in subjects:
+        d = damages[_members_key(members)]
+        replay = replays.get(_members_key(members))
+        rows.append(
+            {
+                "subject": subject,
+                "kind": kind,
+                "members": members,
+                "est_fidelity": d.fidelity,
+                "ci_low": d.ci[0],
+                "ci_high": d.ci[1],
+                "fidelity_probabilities": d.fidelity_probabilities,
+                "queries": d.queries,
+                "queries_to_90": d.queries_to_90,
+                "surrogate": d.surrogate,
+                "reference": ref_kind,
+                "curve": json.dumps(d.curve),
+                "replay": json.dumps(replay) if replay is not None else None,
+                "trained_on": d.trained_on,
+            }
+        )
+        log(
+            f"damage of {kind} {subject}: fidelity {d.fidelity:.3f} "
+            f"(trained on {d.trained_on:,} of {d.queries:,} queries)"
+        )
     table = pl.DataFrame(rows, schema=DAMAGE_SCHEMA)
     fidelity = {u: damages[(u,)].fidelity for u in flagged if (u,) in damages}
+    incident_damage = {i: (damages[k], replays[k]) for i, k in incident_keys.items()}
     return table, fidelity, groups, incident_damage
 
 

@@ -82,8 +82,10 @@ def findings(con, window, audit: AuditConfig) -> risk.Findings:
 
 
 def _usage(con, window) -> pl.DataFrame:
+    # distinct queries counted by their 64-bit hash: 8 bytes per query in DuckDB's hash table
+    # instead of the whole vector (a collision among a key's 10^6 queries: p ~ 3e-8)
     return con.sql(
-        "SELECT user_id, count(*) AS n, count(DISTINCT features) AS unique_queries "
+        "SELECT user_id, count(*) AS n, count(DISTINCT hash(features)) AS unique_queries "
         "FROM events WHERE day BETWEEN ? AND ? GROUP BY user_id ORDER BY user_id",
         params=list(window),
     ).pl()

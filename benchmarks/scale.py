@@ -48,9 +48,9 @@ POLL_SECONDS = 0.25
 # (ephemeral in-process, or on disk for the multiprocess executor, read before it is disposed),
 # collects each step's first and last event time; writes them, its own peak RSS (VmHWM) and its
 # VmHWM at the end of each step it ran itself to the JSON file named by argv[1]. Each step event
-# it handles is also logged as a "[scale] STEP_..." line, so a stopped run names its step.
+# it handles is also logged as a "[scale] HH:MM:SS STEP_..." line, so a stopped run names its step.
 _AUDIT_CHILD = """
-import json, os, sys
+import json, os, sys, time
 from dagster import DagsterInstance
 from pipelines.cli import main
 
@@ -65,7 +65,8 @@ def vm_hwm():
 def handle(self, event, **kwargs):
     kind = event.dagster_event.event_type_value if event.dagster_event else None
     if event.step_key and kind in STEP_EVENTS:
-        line = f"[scale] {kind} {event.step_key} VmHWM {vm_hwm():.0f} MiB"
+        stamp = time.strftime("%H:%M:%S")
+        line = f"[scale] {stamp} {kind} {event.step_key} VmHWM {vm_hwm():.0f} MiB"
         print(line, file=sys.stderr, flush=True)
         if kind != "STEP_START":
             hwm_after[event.step_key] = vm_hwm()
@@ -406,11 +407,11 @@ def run_audit(
 
 
 def _running_step(log_file: Path) -> str:
-    """The step of the last "[scale] STEP_START" line the audit's child logged."""
+    """The step of the last "[scale] HH:MM:SS STEP_START" line the audit's child logged."""
     started = [
-        line.split()[2]
+        line.split()[3]
         for line in log_file.read_text(errors="replace").splitlines()
-        if line.startswith("[scale] STEP_START")
+        if line.startswith("[scale] ") and line.split()[2:3] == ["STEP_START"]
     ]
     return started[-1] if started else "(none started)"
 

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -46,3 +47,17 @@ def archive(tmp_path: Path) -> Path:
                 root / f"dt={day}" / f"part-{part}.jsonl.gz", [json.dumps(r) for r in records]
             )
     return root
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A toy window's events, 800 of its queries with their answers, and the probability
+    columns' labels (forensics and defence tests)."""
+    from audits import forensics as fx
+    from audits.evaluation import toy_events
+
+    events, _, _ = toy_events(1)
+    X = np.asarray(events["features"].to_list())
+    y = np.asarray(events["prediction"].to_list())
+    pick = np.random.default_rng(0).choice(len(X), 800, replace=False)
+    return events, X[pick], y[pick], fx.proba_columns(events)

@@ -5,11 +5,9 @@ import json
 
 import numpy as np
 import polars as pl
-import pytest
 from threadpoolctl import threadpool_limits
 
 from audits import forensics as fx
-from audits.evaluation import toy_events
 from audits.privacy import extraction
 
 
@@ -67,15 +65,6 @@ def _with_repeats(events: pl.DataFrame, user: str, exact: int, near: int, scale)
         pl.Series("features", np.vstack([X[:exact], centred[exact : exact + near]]).tolist()),
     )
     return pl.concat([mine, again])
-
-
-@pytest.fixture(scope="module")
-def toy():
-    events, _, _ = toy_events(1)
-    X = np.asarray(events["features"].to_list())
-    y = np.asarray(events["prediction"].to_list())
-    pick = np.random.default_rng(0).choice(len(X), 800, replace=False)
-    return events, X[pick], y[pick], fx.proba_columns(events)
 
 
 def test_replay_measures_randomisation_and_dedup_and_their_legitimate_cost(toy):

@@ -218,3 +218,72 @@ def test_forensics_asset_fills_damage_scores_and_incidents(audited):
         assert len(ids) == 1 and None not in ids
         holders = scores.filter(pl.col("group_id") == ids.pop())["user_id"].to_list()
         assert sorted(holders) == sorted(g["members"])
+
+
+def test_the_asset_reads_the_store_as_it_reads_a_frame(audited):
+    """The damage rows over the store's events (bounded reads) equal those over the same events
+    in memory, with a training budget small enough to sample the busiest subjects."""
+    from assets.forensics import ForensicsConfig, forensics_of
+    from audits.errors import InputError
+    from audits.event_source import DuckDBSource, FrameSource
+    from pipelines.resources import AuditConfig
+
+    sim, out, _ = audited
+    audit = AuditConfig(
+        logs=str(sim / "logs"),
+        out_dir=str(out),
+        model=str(sim / "model.skops"),
+        reference=str(sim / "reference.parquet"),
+    )
+    con = duckdb.connect(str(out / "stealwatch.duckdb"), read_only=True)
+    try:
+        window = con.sql("SELECT min(window_start), max(window_end) FROM user_scores").fetchall()[0]
+        params = list(window)
+        scores = con.sql(
+            "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
+            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
+            params=params,
+        ).pl()
+        incidents = con.sql(
+            "SELECT incident_id, kind, subject, members FROM incidents "
+            "WHERE window_start = ? AND window_end = ? ORDER BY kind, incident_id",
+            params=params,
+        ).pl()
+        # the group incidents and one user's: every kind of subject, in a third of the time
+        incidents = pl.concat(
+            [
+                incidents.filter(pl.col("kind") == "group"),
+                incidents.filter(pl.col("kind") != "group").head(1),
+            ]
+        )
+        pairs = zip(incidents["members"].to_list(), incidents["subject"].to_list(), strict=True)
+        flagged = sorted({m for members, subject in pairs for m in (members or [subject])})
+        store = DuckDBSource(con, window)
+        frame = FrameSource(store.fetch(store.users()))
+        config = ForensicsConfig(train_budget=300)
+        results = [
+            forensics_of(config, audit, source, scores, flagged, incidents, lambda _: None)
+            for source in (store, frame)
+        ]
+        with pytest.raises(InputError, match="train_budget"):
+            forensics_of(
+                ForensicsConfig(train_budget=-1), audit, store, scores, flagged, incidents, print
+            )
+    finally:
+        con.close()
+    (table, fidelity, groups, damage), other = results
+    assert table.equals(other[0]) and (fidelity, groups) == other[1:3]
+    assert damage == other[3] and len(damage) == incidents.height
+    assert set(table["kind"]) == {"user", "group"}
+    assert (table["trained_on"] == table["queries"].clip(upper_bound=300)).all()
+    assert (table["queries"] > 300).any()
+
+
+def test_an_old_damage_table_gets_the_trained_on_column():
+    from assets.forensics import DAMAGE_DDL, DAMAGE_MIGRATION
+
+    con = duckdb.connect()
+    con.execute(DAMAGE_DDL.replace(", trained_on BIGINT", ""))
+    con.execute(DAMAGE_MIGRATION)
+    con.execute(DAMAGE_MIGRATION)
+    assert "trained_on" in [c[0] for c in con.sql("DESCRIBE damage").fetchall()]
