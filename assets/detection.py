@@ -1,12 +1,12 @@
 """Detection assets: per-user features, user scores (with Sybil groups) and incidents.
 
 Thin wrappers over :mod:`audits.features` and :mod:`audits.scoring`: each reads the audit
-window's events from DuckDB, writes its table (replacing that window's rows; every log-derived
+window's events from the store a batch of whole users at a time (a
+:class:`audits.event_source.DuckDBSource`), writes its table (replacing that window's rows; every log-derived
 value reaches SQL as a bound parameter or a registered frame, never as SQL text) and reports
 metadata.
 """
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,6 @@ from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 
 POOL = "duckdb_writer"
-EVENT_COLUMNS = (
-    "event_id, ts, day, user_id, session_id, source_ip, features, prediction, probabilities"
-)
 
 USER_FEATURES_DDL = (
     "CREATE TABLE IF NOT EXISTS user_features (window_start DATE NOT NULL, "
@@ -80,15 +77,6 @@ def load_reference(audit: AuditConfig) -> np.ndarray | None:
     if not numeric:
         raise InputError(f"reference data {path} has no numeric columns")
     return frame.select(numeric).to_numpy().astype(np.float64)
-
-
-def window_events(con, window: tuple[dt.date, dt.date]) -> pl.DataFrame:
-    start, end = window
-    return con.sql(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE day BETWEEN ? AND ? "
-        "ORDER BY user_id, ts, event_id",
-        params=[start, end],
-    ).pl()
 
 
 def _replace(con, table: str, ddl: str, frame: pl.DataFrame, window) -> None:
