@@ -2,9 +2,9 @@
 
 Thin wrappers over :mod:`audits.features` and :mod:`audits.scoring`: each reads the audit
 window's events from the store a batch of whole users at a time (a
-:class:`audits.event_source.DuckDBSource`), writes its table (replacing that window's rows; every log-derived
-value reaches SQL as a bound parameter or a registered frame, never as SQL text) and reports
-metadata.
+:class:`audits.event_source.DuckDBSource`), writes its table (replacing that window's rows;
+every log-derived value reaches SQL as a bound parameter or a registered frame, never as SQL
+text) and reports metadata.
 """
 
 from pathlib import Path
