@@ -82,8 +82,9 @@ class EventSource:
         exclude: Sequence[str] = (),
         labelled: bool = False,
     ) -> pl.DataFrame:
-        """Up to ``rows`` events chosen by a seeded hash (the same rows on every call), of
-        users not in ``exclude``; ``labelled``: only events with a logged prediction."""
+        """Up to ``rows`` events chosen from ``seed`` (the same rows on every call: the store
+        orders by a seeded hash of the event id, a frame uses Polars' seeded sample), of users
+        not in ``exclude``; ``labelled``: only events with a logged prediction."""
         raise NotImplementedError
 
     def spans(self) -> pl.DataFrame:

@@ -337,10 +337,8 @@ def audit_scores(
     ``(features, user_scores, summary)`` with Sybil groups scored and (when ``delay``)
     ``first_cross_n`` for flagged users."""
     source = as_source(events)
-    if not source.user_counts():
-        reference = None
-    elif not isinstance(reference, Reference):
-        reference = reference_of(source, reference, seed)
+    # prepared once for features, group features and the delay (none to prepare without users)
+    reference = reference_of(source, reference, seed) if source.user_counts() else None
     feats = (
         features
         if features is not None
