@@ -48,6 +48,7 @@ CURVE_POINTS = 8
 BOOTSTRAP = 200
 TARGET = 0.9
 MIN_CURVE_QUERIES = 20
+MAX_BINS = 255  # scikit-learn HistGradientBoosting's default
 TRAIN_BUDGET = 20_000
 """The most queries one surrogate trains on (0: no budget). A training set of m queries above it
 trains on a uniform sample of exactly ``TRAIN_BUDGET`` of them (:func:`training_rows`); below it,
@@ -120,14 +121,36 @@ def as_labels(values) -> np.ndarray:
     return arr.astype(str)
 
 
-def _soft_rows(
-    X: np.ndarray, proba: np.ndarray, columns: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each query repeated once per class it was given probability for, weighted by it: the
-    probability-trained surrogate's training set (soft-label cross-entropy)."""
+def _soft_rows(proba: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The probability-trained surrogate's training set (soft-label cross-entropy): each query
+    (``rows``, an index) once per class it was given probability for, weighted by it."""
     keep = proba > 1e-9
     rows, cls = np.nonzero(keep)
-    return X[rows], columns[cls], proba[rows, cls]
+    return rows, columns[cls], proba[rows, cls]
+
+
+def quantile_edges(X: np.ndarray, max_bins: int = MAX_BINS) -> list[np.ndarray]:
+    """Per column of ``X``, the bin thresholds scikit-learn's ``HistGradientBoosting`` finds on
+    its rows unweighted: midpoints of the distinct values when there are at most ``max_bins``,
+    else quantiles ("averaged_inverted_cdf", as it computes them)."""
+    inner = np.linspace(0, 100, max_bins + 1)[1:-1]
+    edges = []
+    for column in np.asarray(X, dtype=np.float64).T:
+        distinct = np.unique(column)
+        if len(distinct) <= max_bins:
+            edges.append((distinct[:-1] + distinct[1:]) / 2)
+        else:
+            edges.append(np.unique(np.percentile(column, inner, method="averaged_inverted_cdf")))
+    return edges
+
+
+def to_bins(X: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
+    """``X`` as bin numbers (bin i holds ``edges[i-1] < x <= edges[i]``, as scikit-learn maps
+    them), so a ``HistGradientBoosting`` fit finds at most ``MAX_BINS`` distinct values per
+    column and keeps them as its bins: the binning is decided here, once, from unweighted rows
+    (its weighted quantiles take about a second per fit)."""
+    columns = [np.searchsorted(e, X[:, j], side="left") for j, e in enumerate(edges)]
+    return np.column_stack(columns).astype(np.float64) if columns else np.asarray(X, float)
 
 
 def _agreement(
@@ -141,9 +164,16 @@ def _agreement(
 ) -> tuple[np.ndarray, str]:
     """Per reference row, whether the better surrogate agrees with the served answer, and
     that surrogate's name. The surrogates fit the labels ``y``, or, when ``proba`` (columns =
-    ``columns``) is given, the served probabilities as soft labels."""
+    ``columns``) is given, the served probabilities as soft labels; the gradient-boosting one
+    then trains on bins of the queries (:func:`to_bins`)."""
+    inputs = {"logistic_regression": (X, ref_X), "gradient_boosting": (X, ref_X)}
     if proba is not None and columns is not None:
-        X, y, w = _soft_rows(X, proba, columns)
+        rows, y, w = _soft_rows(proba, columns)
+        edges = quantile_edges(X)
+        inputs = {
+            "logistic_regression": (X[rows], ref_X),
+            "gradient_boosting": (to_bins(X, edges)[rows], to_bins(ref_X, edges)),
+        }
         target = "probabilities"
     else:
         w, target = None, "labels"
@@ -156,16 +186,17 @@ def _agreement(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, model in _surrogates(seed):
+            train_X, test_X = inputs[name]
             try:
                 if w is None:
-                    model.fit(X, y)
+                    model.fit(train_X, y)
                 elif name == "logistic_regression":
-                    model.fit(X, y, logisticregression__sample_weight=w)
+                    model.fit(train_X, y, logisticregression__sample_weight=w)
                 else:
-                    model.fit(X, y, sample_weight=w)
+                    model.fit(train_X, y, sample_weight=w)
             except ValueError:
                 continue
-            agree = model.predict(ref_X) == ref_y
+            agree = model.predict(test_X) == ref_y
             if best is None or agree.mean() > best.mean():
                 best, best_name = agree, f"{name} ({target})"
     if best is None:
@@ -678,10 +709,13 @@ def duplicate_queries(
         cells = np.floor(X / (tolerance * s)).astype(np.int64)
     else:
         cells = (X + 0.0).view(np.int64)  # + 0.0 makes -0.0 and 0.0 one value
-    _, key_codes = np.unique(np.asarray(keys).astype(str), return_inverse=True)
-    rows = np.column_stack([key_codes.astype(np.int64), cells])
-    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-    source = first[inverse.reshape(-1)].astype(np.int64)
+    cell_columns = [f"c{j}" for j in range(cells.shape[1])]
+    frame = pl.DataFrame(
+        {"key": np.asarray(keys).astype(str), **dict(zip(cell_columns, cells.T, strict=True))}
+    ).with_row_index("row")
+    # the first (lowest) row of each (key, cell): a hash group-by, not a sort of whole rows
+    first = frame.select(pl.col("row").min().over("key", *cell_columns))["row"]
+    source = first.to_numpy().astype(np.int64)
     return source != np.arange(n), source
 
 
@@ -772,7 +806,7 @@ class LegitCosts:
         if len(t.y) == 0:
             return
         users = t.user.astype(str)
-        self.users += len(np.unique(users))
+        self.users += _distinct(users)
         self.responses += len(t.y)
         self.proba_widths.add(0 if t.proba is None else t.proba.shape[1])
         if t.proba is not None:
@@ -781,7 +815,7 @@ class LegitCosts:
         for chosen, name in _scenarios(dict(self.settings.limits)):
             out = ~_apply_limits(t, chosen)
             self.blocked[name] = self.blocked.get(name, 0) + int(out.sum())
-            self.blocked_users[name] = self.blocked_users.get(name, 0) + len(np.unique(users[out]))
+            self.blocked_users[name] = self.blocked_users.get(name, 0) + _distinct(users[out])
 
     def _add_output_costs(self, proba: np.ndarray, users: np.ndarray) -> None:
         s = self.settings
@@ -805,7 +839,7 @@ class LegitCosts:
         self.duplicates += int(dup.sum())
         self.near_duplicates += int(near.sum())
         self.near_flipped += int((near & (t.y[source] != t.y)).sum())
-        self.near_users += len(np.unique(users[near]))
+        self.near_users += _distinct(users[near])
 
     def rate_limit(self, name: str) -> dict:
         """The legitimate cost of one rate-limit scenario (``per_minute``, ``combined``, ...)."""
@@ -837,6 +871,11 @@ class LegitCosts:
             "legit_labels_changed": self.near_flipped,
             "legit_users_affected": self.near_users,
         }
+
+
+def _distinct(values: np.ndarray) -> int:
+    """How many distinct values (a hash count: sorting strings with NumPy is slow)."""
+    return pl.Series(values).n_unique() if len(values) else 0
 
 
 def legit_costs(

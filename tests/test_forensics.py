@@ -73,6 +73,46 @@ def test_probabilities_train_a_second_surrogate():
     assert d.fidelity_probabilities is not None and d.fidelity_probabilities > 0.9
 
 
+def _boosting():
+    return dict(fx._surrogates(0))["gradient_boosting"]
+
+
+def test_boosting_on_bins_predicts_as_boosting_on_the_values():
+    rng = np.random.default_rng(4)
+    X = np.column_stack(
+        [rng.normal(size=3000), rng.integers(0, 40, 3000), rng.exponential(size=3000)]
+    )
+    y = (X[:, 0] * X[:, 2] > 0.3).astype(int) + (X[:, 1] > 25)
+    ref = np.column_stack(
+        [rng.normal(size=2000), rng.integers(-5, 45, 2000), rng.normal(size=2000)]
+    )
+    edges = fx.quantile_edges(X)
+    assert len(edges[1]) == 39  # 40 distinct values: their midpoints
+    on_values = _boosting().fit(X, y).predict(ref)
+    on_bins = _boosting().fit(fx.to_bins(X, edges), y).predict(fx.to_bins(ref, edges))
+    assert np.array_equal(on_bins, on_values)
+
+
+def test_probabilities_train_the_boosting_surrogate_on_a_nonlinear_model():
+    rng = np.random.default_rng(5)
+
+    def served(X):
+        logits = np.column_stack([np.zeros(len(X)), 4 * X[:, 0] * X[:, 1]])
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+    X, ref = rng.normal(size=(3000, 4)), rng.normal(size=(1500, 4))
+    p = served(X)
+    d = fx.estimate_damage(
+        X, p.argmax(axis=1), ref, served(ref).argmax(axis=1), probabilities=p, proba_classes=[0, 1]
+    )
+    assert d.fidelity_probabilities is not None and d.fidelity_probabilities > 0.9
+    ref_y = fx.as_labels(served(ref).argmax(axis=1))
+    labels = fx.as_labels(p.argmax(axis=1))
+    agree, name = fx._agreement(X, labels, ref, ref_y, 0, p, fx.as_labels([0, 1]))
+    assert name == "gradient_boosting (probabilities)" and agree.mean() > 0.9
+
+
 def test_link_groups_finds_the_sybil_keys_and_no_benign_key():
     events, _, truth = toy_events(0)
     sybils = sorted(u["user_id"] for u in truth["users"] if u["kind"] == "sybil")
