@@ -212,3 +212,63 @@ def test_a_store_from_before_the_partials_gets_them_derived(archive: Path, tmp_p
     store.ensure_schema(con)
     (total,) = con.sql("SELECT sum(n_events) FROM user_day").fetchall()[0]
     assert total == _count(con, "events") == 800
+
+
+def _faulty_days(root: Path) -> Path:
+    """Four days with rejects, a redelivery within a day and redeliveries of earlier days."""
+    days = [f"2026-11-0{d}" for d in range(1, 5)]
+    kept: list[str] = []
+    for n, day in enumerate(days):
+        good = [json.dumps(make_record(day, i, user=f"user-{(i + n) % 7}")) for i in range(60)]
+        bad = ["{not json", json.dumps({**make_record(day, 900), "features": [1.0]})]
+        write_jsonl(root / f"dt={day}" / "a.jsonl.gz", good + bad + good[:3])
+        write_jsonl(root / f"dt={day}" / "b.jsonl", kept[-4:] + good[50:], compress=False)
+        kept += good
+    return root
+
+
+def _tables(con) -> dict[str, list]:
+    queries = {
+        "events": "SELECT * FROM events ORDER BY event_id",
+        "rejected_events": "SELECT * FROM rejected_events ORDER BY ALL",
+        "user_day": "SELECT * FROM user_day ORDER BY ALL",
+        "source_files": "SELECT * EXCLUDE (ingested_at, run_id) FROM source_files ORDER BY path",
+    }
+    return {name: con.sql(sql).fetchall() for name, sql in queries.items()}
+
+
+@pytest.mark.parametrize("chunk_lines", [1, 150, 1 << 20])
+def test_days_loaded_in_chunks_equal_days_loaded_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_lines: int
+) -> None:
+    files, _ = scan_archive(_faulty_days(tmp_path / "logs"))
+    plan = [(d, [f for f in files if f.day == d]) for d in sorted({f.day for f in files})]
+    one_by_one = store.connect(tmp_path / "days.duckdb")
+    expected = [store.ingest_day(one_by_one, day, day_files) for day, day_files in plan]
+    monkeypatch.setattr(store, "CHUNK_LINES", chunk_lines)  # one day, 2-3 days, all four
+    chunked = store.connect(tmp_path / "chunks.duckdb")
+    results = list(store.ingest_days(chunked, plan))
+    assert [(r.day, r.files, r.rejected_by_reason) for r in results] == [
+        (r.day, r.files, r.rejected_by_reason) for r in expected
+    ]
+    assert [r.total("duplicates") for r in results] == [13, 17, 17, 17]  # 4 of earlier days
+    assert _tables(chunked) == _tables(one_by_one)
+    assert all(store.unbalanced_files(chunked, r.day) == [] for r in results)
+
+
+def test_a_crash_mid_chunk_leaves_every_day_of_it_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, _ = scan_archive(_faulty_days(tmp_path / "logs"))
+    plan = [(d, [f for f in files if f.day == d]) for d in sorted({f.day for f in files})]
+    con = store.connect(tmp_path / "db.duckdb")
+    store.ingest_day(con, *plan[0])
+    before = _tables(con)
+
+    def boom(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_record_files", boom)
+    with pytest.raises(OSError):
+        list(store.ingest_days(con, plan))  # the first day again, and three new ones
+    assert _tables(con) == before
