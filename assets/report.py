@@ -47,6 +47,7 @@ def report(
 def _incident_pages(con: duckdb_module.DuckDBPyConnection, window, out, say) -> int:
     scores = data.load_scores(out, con, window)
     incidents = data.incidents(con, window)
+    population = data.population_sample(con, window) if incidents else None
     for number, incident in enumerate(incidents, 1):
         say(f"incident page {number}/{len(incidents)}: {incident['incident_id']}")
         pages.write_subject_page(
@@ -57,6 +58,7 @@ def _incident_pages(con: duckdb_module.DuckDBPyConnection, window, out, say) -> 
             title=f"Incident {incident['incident_id']}",
             incident=incident,
             scores=scores,
+            population=population,
         )
     return len(incidents)
 

@@ -302,11 +302,14 @@ def subject_events(
 
 
 def population_sample(con: duckdb.DuckDBPyConnection, window: Window) -> pl.DataFrame:
-    """A reproducible sample of everyone's events in the window."""
+    """A reproducible sample of everyone's events in the window: the ids are chosen first
+    (a top-N over one narrow column), then only their rows are read."""
     return con.sql(
-        "SELECT features, prediction, probabilities FROM events WHERE day BETWEEN ? AND ? "
-        "ORDER BY hash(event_id) LIMIT ?",
-        params=[*window, POPULATION_SAMPLE],
+        "WITH chosen AS (SELECT event_id FROM events WHERE day BETWEEN ? AND ? "
+        "ORDER BY hash(event_id) LIMIT ?) "
+        "SELECT features, prediction, probabilities FROM events SEMI JOIN chosen USING (event_id) "
+        "WHERE day BETWEEN ? AND ? ORDER BY hash(event_id)",
+        params=[*window, POPULATION_SAMPLE, *window],
     ).pl()
 
 

@@ -120,10 +120,14 @@ def write_subject_page(
     title: str,
     incident: dict | None = None,
     scores: d.Scores | None = None,
+    population: pl.DataFrame | None = None,
 ) -> Path:
-    """One page about a user or a group: the incident page and ``stealwatch investigate``."""
+    """One page about a user or a group: the incident page and ``stealwatch investigate``.
+    ``population``: :func:`reports.data.population_sample` of the window, when the caller
+    writes several pages."""
     events = d.subject_events(con, users, window)
-    population = d.population_sample(con, window)
+    if population is None:
+        population = d.population_sample(con, window)
     score_rows = []
     if scores is not None:
         score_rows = scores.frame.filter(pl.col("user_id").is_in(users)).to_dicts()
