@@ -314,9 +314,21 @@ def population_sample(con: duckdb.DuckDBPyConnection, window: Window) -> pl.Data
 
 
 def margins(probabilities: pl.Series) -> np.ndarray:
-    """Top-1 minus top-2 probability of each response that carried probabilities."""
-    rows = [np.sort(np.asarray(p, float))[::-1] for p in probabilities if p is not None]
-    return np.array([p[0] - p[1] if len(p) > 1 else p[0] for p in rows if len(p)])
+    """Top-1 minus top-2 probability of each response that carried probabilities (the top-1
+    alone when there is one class)."""
+    shown = probabilities.drop_nulls().cast(pl.List(pl.Float64))
+    shown = shown.filter(shown.list.len() > 0)
+    widths = shown.list.len().to_numpy()
+    out = np.empty(len(shown))
+    for width in np.unique(widths):  # one 2-D array per width (responses share one, mostly)
+        rows = widths == width
+        values = shown.filter(pl.Series(rows)).list.to_array(int(width)).to_numpy()
+        if width == 1:
+            out[rows] = values[:, 0]
+            continue
+        top = -np.partition(-values, 1, axis=1)[:, :2]
+        out[rows] = top[:, 0] - top[:, 1]
+    return out
 
 
 def feature_percentiles(

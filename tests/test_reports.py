@@ -4,9 +4,11 @@ import json
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from pipelines.cli import main
+from reports.data import margins
 from reports.pages import page_name
 from tests.conftest import make_record, write_jsonl
 
@@ -111,3 +113,9 @@ def test_page_names_are_safe() -> None:
     for hostile in [*HOSTILE, "../../etc/passwd", ".hidden", "x" * 200]:
         name = page_name(hostile)
         assert re.fullmatch(r"[0-9a-f]{16}\.html", name)
+
+
+def test_margins_are_top1_minus_top2_in_row_order_whatever_the_widths():
+    shown = pl.Series([[0.1, 0.7, 0.2], None, [], [1.0], [0.5, 0.5], [0.3, 0.6, 0.1], [0.9, 0.1]])
+    assert margins(shown).round(6).tolist() == [0.5, 1.0, 0.0, 0.3, 0.8]
+    assert margins(pl.Series([None], dtype=pl.List(pl.Float64))).tolist() == []
