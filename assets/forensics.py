@@ -66,6 +66,7 @@ class ForensicsConfig(Config):
     dedup_tolerance: float = fx.DEFAULT_DEDUP_TOLERANCE
     reference_rows: int = fx.REFERENCE_ROWS
     train_budget: int = fx.TRAIN_BUDGET  # queries per surrogate at most (0: every query)
+    workers: int = 0  # processes estimating subjects (0: one per core, at most 4; 1: in-process)
     seed: int = 0
 
     def rate_limits(self) -> dict[str, int]:
@@ -208,10 +209,10 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
     ``(damage, replay)`` from the window's events in ``source``: one subject (a key or a group's
     keys) read and estimated at a time, the legitimate users' defence costs once, a batch at a
     time."""
-    from threadpoolctl import threadpool_limits
-
     if config.train_budget < 0:
         raise InputError(f"train_budget must be 0 (no budget) or more, not {config.train_budget}")
+    if config.workers < 0:
+        raise InputError(f"workers must be 0 (one per core) or more, not {config.workers}")
     seed = config.seed
     ref_X, ref_y, ref_kind = forensic_reference(audit, source, flagged, config.reference_rows, seed)
     if len(ref_y) == 0:
@@ -240,26 +241,20 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
     legit = None
     if replay_keys:  # once per window: every incident's replay shares it
         legit = fx.legit_costs(source, exclude=flagged, width=width, scale=scale, **defences)
+    task = fx.SubjectTask(ref_X, ref_y, columns, seed, config.train_budget, defences, legit)
+    keys = [*incident_keys.values(), *(_members_key(m) for _, _, m in subjects)]
+    # one subject's events read at a time, while the workers estimate the ones before it
+    work = (
+        (key, fx.traffic(source.fetch(list(key)), width), key in replay_keys)
+        for key in dict.fromkeys(keys)
+    )
+    workers = config.workers or fx.default_workers()
     damages: dict[tuple[str, ...], fx.Damage] = {}
     replays: dict[tuple[str, ...], dict] = {}
-    keys = [*incident_keys.values(), *(_members_key(m) for _, _, m in subjects)]
-    with threadpool_limits(1):
-        for key in dict.fromkeys(keys):  # one subject's events in memory at a time
-            t = fx.traffic(source.fetch(list(key)), width)
-            damages[key] = fx.damage_of_traffic(
-                t, ref_X, ref_y, columns=columns, seed=seed, budget=config.train_budget
-            )
-            if key in replay_keys:
-                replays[key] = fx.replay_defences(
-                    t,
-                    legit,
-                    ref_X,
-                    ref_y,
-                    columns=columns,
-                    baseline=damages[key].fidelity,
-                    budget=config.train_budget,
-                    **defences,
-                )
+    for key, damage, replay in fx.estimate_subjects(task, work, workers):
+        damages[key] = damage
+        if replay is not None:
+            replays[key] = replay
     rows = []
     for kind, subject, members in subjects:
         d = damages[_members_key(members)]

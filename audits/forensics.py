@@ -29,13 +29,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
+import os
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from audits.event_source import BATCH_EVENTS, EventSource, as_source
 from audits.features import feature_matrix
@@ -302,6 +307,85 @@ def estimate_damage(
     reached = _queries_to(curve, target, fidelity_of)
     ci = bootstrap_ci(agree, resamples=resamples, seed=seed)
     return Damage(fid, ci, curve, reached, n, name, soft, len(full))
+
+
+@dataclass(frozen=True)
+class SubjectTask:
+    """What every subject's estimate shares: the reference, the probability columns, the
+    training budget and, for the replays, the defences and the legitimate users' costs."""
+
+    reference_X: np.ndarray
+    reference_y: np.ndarray
+    columns: np.ndarray | None
+    seed: int
+    budget: int
+    defences: Mapping
+    legit: LegitCosts | None
+
+    def estimate(self, t: Traffic, replay: bool) -> tuple[Damage, dict | None]:
+        """One subject's damage and, when ``replay``, its defence replay."""
+        damage = damage_of_traffic(
+            t,
+            self.reference_X,
+            self.reference_y,
+            columns=self.columns,
+            seed=self.seed,
+            budget=self.budget,
+        )
+        if not replay:
+            return damage, None
+        result = replay_defences(
+            t,
+            self.legit,
+            self.reference_X,
+            self.reference_y,
+            columns=self.columns,
+            baseline=damage.fidelity,
+            budget=self.budget,
+            **self.defences,
+        )
+        return damage, result
+
+
+def estimate_subjects(
+    task: SubjectTask, subjects: Iterable[tuple[object, Traffic, bool]], workers: int = 1
+) -> Iterator[tuple[object, Damage, dict | None]]:
+    """``(key, damage, replay)`` for each ``(key, traffic, replay?)`` in order, on one BLAS
+    thread per process. With ``workers`` > 1 the subjects are estimated in that many
+    processes, at most ``workers`` subjects' traffic in flight at a time (so memory stays a
+    few subjects'); the results are the same, since every subject's draws are its own."""
+    if workers <= 1:
+        with threadpool_limits(1):
+            for key, t, replay in subjects:
+                yield key, *task.estimate(t, replay)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of DuckDB's and Polars' threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        pending: deque = deque()
+        for key, t, replay in subjects:
+            pending.append((key, pool.submit(task.estimate, t, replay)))
+            if len(pending) >= workers:
+                done_key, future = pending.popleft()
+                yield done_key, *future.result()
+        while pending:
+            done_key, future = pending.popleft()
+            yield done_key, *future.result()
+
+
+def _one_thread() -> None:
+    """One thread per worker for its lifetime: the processes are the parallelism (OpenMP
+    threads spinning beside another process's on the same cores slow both many times over).
+    The limit holds for libraries already loaded, so scikit-learn's OpenMP is loaded first."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: F401
+
+    threadpool_limits(1)
+
+
+def default_workers() -> int:
+    """One process per core this process may use, at most 4."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(4, len(usable) if usable else os.cpu_count() or 1))
 
 
 def _queries_to(curve, target, fidelity_of, steps: int = 3) -> int | None:

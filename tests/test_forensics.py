@@ -260,9 +260,10 @@ def test_forensics_asset_fills_damage_scores_and_incidents(audited):
         assert sorted(holders) == sorted(g["members"])
 
 
-def test_the_asset_reads_the_store_as_it_reads_a_frame(audited):
-    """The damage rows over the store's events (bounded reads) equal those over the same events
-    in memory, with a training budget small enough to sample the busiest subjects."""
+def test_the_asset_reads_the_store_as_a_frame_and_in_workers_as_in_process(audited):
+    """The damage rows over the store's events (bounded reads), estimated in this process,
+    equal those over the same events in memory estimated by two worker processes, with a
+    training budget small enough to sample the busiest subjects."""
     from assets.forensics import ForensicsConfig, forensics_of
     from audits.errors import InputError
     from audits.event_source import DuckDBSource, FrameSource
@@ -300,15 +301,26 @@ def test_the_asset_reads_the_store_as_it_reads_a_frame(audited):
         flagged = sorted({m for members, subject in pairs for m in (members or [subject])})
         store = DuckDBSource(con, window)
         frame = FrameSource(store.fetch(store.users()))
-        config = ForensicsConfig(train_budget=300)
         results = [
-            forensics_of(config, audit, source, scores, flagged, incidents, lambda _: None)
-            for source in (store, frame)
-        ]
-        with pytest.raises(InputError, match="train_budget"):
             forensics_of(
-                ForensicsConfig(train_budget=-1), audit, store, scores, flagged, incidents, print
+                ForensicsConfig(train_budget=300, workers=workers),
+                audit,
+                source,
+                scores,
+                flagged,
+                incidents,
+                lambda _: None,
             )
+            for source, workers in ((store, 1), (frame, 2))
+        ]
+        for wrong, message in (
+            (dict(train_budget=-1), "train_budget"),
+            (dict(workers=-1), "workers"),
+        ):
+            with pytest.raises(InputError, match=message):
+                forensics_of(
+                    ForensicsConfig(**wrong), audit, store, scores, flagged, incidents, print
+                )
     finally:
         con.close()
     (table, fidelity, groups, damage), other = results
