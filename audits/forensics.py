@@ -453,6 +453,7 @@ class Traffic:
     proba: np.ndarray | None
     ts_s: np.ndarray  # seconds since the epoch
     user: np.ndarray
+    key: np.ndarray  # the user as a dense integer code (hashing ints is cheap, strings not)
     costs: dict = field(default_factory=dict, repr=False)  # LegitCosts per DefenceSettings
 
 
@@ -467,7 +468,8 @@ def traffic(events: pl.DataFrame, width: int | None = None) -> Traffic:
     X = feature_matrix(ev["features"]) if ev.height else np.zeros((0, width or 0))
     ts = ev["ts"].dt.epoch("ms").to_numpy().astype(np.float64) / 1000.0
     y = ev["prediction"].to_numpy().astype(str)
-    return Traffic(X, y, _probabilities(ev), ts, ev["user_id"].to_numpy())
+    key = ev["user_id"].rank("dense").to_numpy().astype(np.int64)
+    return Traffic(X, y, _probabilities(ev), ts, ev["user_id"].to_numpy(), key)
 
 
 def _probabilities(ev: pl.DataFrame) -> np.ndarray | None:
@@ -698,6 +700,12 @@ def link_groups(
 # ---------------------------------------------------------------- defence replay
 
 
+def _hashable(keys) -> np.ndarray:
+    """Keys as integers when they are (cheap to hash), else as text."""
+    keys = np.asarray(keys)
+    return keys if keys.dtype.kind in "iu" else keys.astype(str)
+
+
 def rate_limit_mask(ts_s: np.ndarray, keys: np.ndarray, limit: int, period_s: float) -> np.ndarray:
     """Which queries a per-key limit of ``limit`` per fixed ``period_s`` window would let
     through (rejected queries do not count against the limit)."""
@@ -705,7 +713,7 @@ def rate_limit_mask(ts_s: np.ndarray, keys: np.ndarray, limit: int, period_s: fl
     if n == 0 or limit <= 0:
         return np.zeros(n, dtype=bool) if limit <= 0 else np.ones(n, dtype=bool)
     bucket = np.floor(ts_s / period_s).astype(np.int64)
-    frame = pl.DataFrame({"i": np.arange(n), "k": keys.astype(str), "b": bucket, "t": ts_s})
+    frame = pl.DataFrame({"i": np.arange(n), "k": _hashable(keys), "b": bucket, "t": ts_s})
     rank = frame.sort("t", "i").with_columns(pl.int_range(pl.len()).over("k", "b").alias("r"))
     keep = np.zeros(n, dtype=bool)
     keep[rank["i"].to_numpy()] = rank["r"].to_numpy() < limit
@@ -716,7 +724,7 @@ def _apply_limits(t: Traffic, limits: Mapping[str, int]) -> np.ndarray:
     keep = np.ones(len(t.ts_s), dtype=bool)
     for period, limit in limits.items():
         idx = np.nonzero(keep)[0]
-        sub = rate_limit_mask(t.ts_s[idx], t.user[idx], int(limit), _PERIOD_SECONDS[period])
+        sub = rate_limit_mask(t.ts_s[idx], t.key[idx], int(limit), _PERIOD_SECONDS[period])
         keep[idx[~sub]] = False
     return keep
 
@@ -795,7 +803,7 @@ def duplicate_queries(
         cells = (X + 0.0).view(np.int64)  # + 0.0 makes -0.0 and 0.0 one value
     cell_columns = [f"c{j}" for j in range(cells.shape[1])]
     frame = pl.DataFrame(
-        {"key": np.asarray(keys).astype(str), **dict(zip(cell_columns, cells.T, strict=True))}
+        {"key": _hashable(keys), **dict(zip(cell_columns, cells.T, strict=True))}
     ).with_row_index("row")
     # the first (lowest) row of each (key, cell): a hash group-by, not a sort of whole rows
     first = frame.select(pl.col("row").min().over("key", *cell_columns))["row"]
@@ -889,12 +897,12 @@ class LegitCosts:
         """Add the costs on ``t``, the traffic of whole users not added before."""
         if len(t.y) == 0:
             return
-        users = t.user.astype(str)
+        users = t.key
         self.users += _distinct(users)
         self.responses += len(t.y)
         self.proba_widths.add(0 if t.proba is None else t.proba.shape[1])
         if t.proba is not None:
-            self._add_output_costs(t.proba, users)
+            self._add_output_costs(t.proba, t.user)
         self._add_dedup_costs(t, users)
         for chosen, name in _scenarios(dict(self.settings.limits)):
             out = ~_apply_limits(t, chosen)
@@ -1107,7 +1115,7 @@ def replay_defences(
         "fidelity_labels": base,
         **outputs["randomisation"],
     }
-    dup, _ = duplicate_queries(t.X, t.user, tolerance=dedup_tolerance, scale=scale)
+    dup, _ = duplicate_queries(t.X, t.key, tolerance=dedup_tolerance, scale=scale)
     out["dedup"] = {
         "tolerance": float(dedup_tolerance),
         "duplicates": int(dup.sum()),
