@@ -376,7 +376,6 @@ def _one_thread() -> None:
     """One thread per worker for its lifetime: the processes are the parallelism (OpenMP
     threads spinning beside another process's on the same cores slow both many times over).
     The limit holds for libraries already loaded, so scikit-learn's OpenMP is loaded first."""
-    os.environ["OMP_NUM_THREADS"] = "1"
     from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: F401
 
     threadpool_limits(1)
@@ -897,17 +896,16 @@ class LegitCosts:
         """Add the costs on ``t``, the traffic of whole users not added before."""
         if len(t.y) == 0:
             return
-        users = t.key
-        self.users += _distinct(users)
+        self.users += len(np.unique(t.key))
         self.responses += len(t.y)
         self.proba_widths.add(0 if t.proba is None else t.proba.shape[1])
         if t.proba is not None:
             self._add_output_costs(t.proba, t.user)
-        self._add_dedup_costs(t, users)
+        self._add_dedup_costs(t)
         for chosen, name in _scenarios(dict(self.settings.limits)):
             out = ~_apply_limits(t, chosen)
             self.blocked[name] = self.blocked.get(name, 0) + int(out.sum())
-            self.blocked_users[name] = self.blocked_users.get(name, 0) + _distinct(users[out])
+            self.blocked_users[name] = self.blocked_users.get(name, 0) + len(np.unique(t.key[out]))
 
     def _add_output_costs(self, proba: np.ndarray, users: np.ndarray) -> None:
         s = self.settings
@@ -921,17 +919,17 @@ class LegitCosts:
         self.abs_change += float(change.sum())
         self.entries += change.size
 
-    def _add_dedup_costs(self, t: Traffic, users: np.ndarray) -> None:
+    def _add_dedup_costs(self, t: Traffic) -> None:
         s = self.settings
         dup, source = duplicate_queries(
-            t.X, users, tolerance=s.dedup_tolerance, scale=s.grid_scale()
+            t.X, t.key, tolerance=s.dedup_tolerance, scale=s.grid_scale()
         )
         # an exact repeat gets the answer it would have got; a near one gets its neighbour's
         near = dup & np.any(t.X[source] != t.X, axis=1)
         self.duplicates += int(dup.sum())
         self.near_duplicates += int(near.sum())
         self.near_flipped += int((near & (t.y[source] != t.y)).sum())
-        self.near_users += _distinct(users[near])
+        self.near_users += len(np.unique(t.key[near]))
 
     def rate_limit(self, name: str) -> dict:
         """The legitimate cost of one rate-limit scenario (``per_minute``, ``combined``, ...)."""
@@ -963,11 +961,6 @@ class LegitCosts:
             "legit_labels_changed": self.near_flipped,
             "legit_users_affected": self.near_users,
         }
-
-
-def _distinct(values: np.ndarray) -> int:
-    """How many distinct values (a hash count: sorting strings with NumPy is slow)."""
-    return pl.Series(values).n_unique() if len(values) else 0
 
 
 def legit_costs(
