@@ -470,7 +470,7 @@ def feature_matrix(features: pl.Series) -> np.ndarray:
     width = int(lengths.max())
     if int(lengths.min()) != width:
         raise ValueError("events have features of different widths")
-    flat = features.explode().to_numpy().astype(np.float64)
+    flat = features.explode().to_numpy().astype(np.float64, copy=False)
     return flat.reshape(features.len(), width)
 
 

@@ -305,7 +305,7 @@ def session(lake: Lake, database: str = ":memory:") -> Iterator[duckdb.DuckDBPyC
     the window-level tables loaded; on a clean exit the tables the caller created or changed
     are written back (only those: steps on other hosts may be writing other tables)."""
     con = duckdb.connect(database)
-    con.execute("SET enable_progress_bar = false")
+    store.configure(con)
     loaded: dict[str, pa.Table] = {}
     try:
         for name in DAY_TABLES:

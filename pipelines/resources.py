@@ -9,6 +9,8 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 
+from audits import store
+
 
 class StoreResource(DuckDBResource):
     """Where the audit's tables live: the DuckDB file (``database``, the default), or, when
@@ -21,7 +23,7 @@ class StoreResource(DuckDBResource):
     def get_connection(self):
         if not self.lake:
             with super().get_connection() as con:
-                con.execute("SET enable_progress_bar = false")  # progress is ours to print
+                store.configure(con)
                 yield con
             return
         from audits.lake import Lake, session

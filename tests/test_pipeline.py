@@ -71,11 +71,18 @@ def test_a_range_audits_only_its_days(archive: Path, tmp_path: Path) -> None:
         (["--start", "2026-11-03", "--end", "2026-11-01"], "is after --end"),
         (["--start", "2027-01-01"], "no log files for 2027-01-01"),
         (["--model", "/nonexistent/model.skops"], "model not found"),
+        (["--duckdb-memory", "lots"], "must be a size such as 1GB or 512MiB, got 'lots'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
-    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+    archive: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    message: str,
 ) -> None:
+    monkeypatch.delenv("STEALWATCH_DUCKDB_MEMORY", raising=False)
     code = main(["audit", "--logs", str(archive), "--out", str(tmp_path / "o"), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -177,3 +184,25 @@ def test_one_partition_run_passes_the_accounting_check(archive: Path, tmp_path: 
     assert events.materialization.metadata["accepted"].value == 400
     summary = json.loads((tmp_path / "out" / "ingest_summary.json").read_text())
     assert summary["window"] == ["2026-11-02", "2026-11-02"] and summary["accepted"] == 400
+
+
+def test_every_store_connection_takes_the_memory_limit(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import duckdb
+
+    from audits import store
+    from pipelines.resources import StoreResource
+
+    def limit(con) -> str:
+        return con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+    monkeypatch.setenv("STEALWATCH_DUCKDB_MEMORY", "")  # unset: the project's default
+    with store.connect(tmp_path / "a.duckdb") as con:
+        assert limit(con) == limit(duckdb.connect(config={"memory_limit": store.MEMORY_LIMIT}))
+    out = tmp_path / "out"
+    args = ["audit", "--logs", str(archive), "--out", str(out), "--quiet"]
+    assert main([*args, "--duckdb-memory", "300MB"]) == 0  # also sets it for what follows
+    with StoreResource(database=str(out / "stealwatch.duckdb")).get_connection() as con:
+        assert limit(con) == "286.1 MiB"
+        assert con.sql("SELECT count(*) FROM events").fetchall() == [(800,)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="with --lake: processes for the day partitions' ingest (default: 1, in-process)",
     )
+    parser.add_argument(
+        "--duckdb-memory",
+        metavar="SIZE",
+        help="DuckDB's memory limit, its page cache included, e.g. 512MB or 4GB "
+        "(default: $STEALWATCH_DUCKDB_MEMORY, else 1GB; more spills to disk)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(handler=run)
 
@@ -122,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.resources import AuditConfig
     from pipelines.runner import run_audit, show_progress
 
+    if args.duckdb_memory is not None:
+        from audits import store
+
+        # set for this process and the step processes it starts
+        os.environ[store.MEMORY_ENV] = store.checked_size(args.duckdb_memory)
     mapping = _existing(args.mapping, "field mapping")
     if mapping:
         from audits.formats import load_mapping

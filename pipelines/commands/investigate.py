@@ -47,6 +47,7 @@ def _store(args: argparse.Namespace) -> Iterator[tuple[object, str]]:
     """A read connection to the audit's DuckDB file or lake, and its name for messages."""
     import duckdb
 
+    from audits import store
     from reports import data
 
     if args.lake:
@@ -65,6 +66,7 @@ def _store(args: argparse.Namespace) -> Iterator[tuple[object, str]]:
     except duckdb.Error as exc:
         raise InputError(f"cannot open {args.db}: {str(exc).splitlines()[0]}") from None
     try:
+        store.configure(con)
         if not data.has_table(con, "events"):
             raise InputError(f"{args.db} is not a stealwatch database (no events table)")
         yield con, args.db
