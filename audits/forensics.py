@@ -341,6 +341,7 @@ class SubjectTask:
             self.reference_y,
             columns=self.columns,
             baseline=damage.fidelity,
+            soft_baseline=damage.fidelity_probabilities,
             budget=self.budget,
             **self.defences,
         )
@@ -1035,6 +1036,7 @@ def replay_defences(
     noise_scale: float = DEFAULT_NOISE_SCALE,
     dedup_tolerance: float = DEFAULT_DEDUP_TOLERANCE,
     baseline: float | None = None,
+    soft_baseline: float | None = None,
     seed: int = 0,
     budget: int = TRAIN_BUDGET,
 ) -> dict:
@@ -1047,7 +1049,9 @@ def replay_defences(
     randomised probabilities the fidelity and the legitimate responses changed; for
     deduplication the fidelity from the subject's non-duplicate queries and the legitimate
     queries answered from a neighbour. Every surrogate trains on at most ``budget`` queries of
-    what the defence let through (:func:`training_rows`)."""
+    what the defence let through (:func:`training_rows`). ``baseline`` and ``soft_baseline``:
+    the label- and probability-trained fidelities on all the traffic when already known (the
+    subject's :class:`Damage` with the same seed and budget), which spares two refits."""
     limits = rate_limits_of(rate_limits)
     width = reference_X.shape[1] if reference_X.ndim == 2 else None
     t = subject_events if isinstance(subject_events, Traffic) else traffic(subject_events, width)
@@ -1067,7 +1071,9 @@ def replay_defences(
 
     everything = np.ones(len(t.y), dtype=bool)
     base = baseline if baseline is not None else fid(everything)
-    soft_base = fid(everything, t.proba) if use_proba else None
+    soft_base = None
+    if use_proba:
+        soft_base = soft_baseline if soft_baseline is not None else fid(everything, t.proba)
     outputs = legit.outputs()
     out: dict = {
         "queries": int(len(t.y)),

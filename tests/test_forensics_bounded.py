@@ -87,6 +87,27 @@ def test_replay_takes_precomputed_legit_costs(toy):
         fx.replay_defences(subject, costs, ref_X, ref_y, columns=columns, seed=9)
 
 
+def test_replay_from_the_damage_baselines_equals_refitting_them(toy):
+    events, ref_X, ref_y, columns = toy
+    subject = fx.traffic(events.filter(pl.col("user_id") == "attacker-00"), ref_X.shape[1])
+    legit = events.filter(pl.col("user_id").str.starts_with("benign"))
+    with threadpool_limits(1):
+        damage = fx.damage_of_traffic(subject, ref_X, ref_y, columns=columns, seed=3)
+        refitted = fx.replay_defences(subject, legit, ref_X, ref_y, columns=columns, **KWARGS)
+        given = fx.replay_defences(
+            subject,
+            legit,
+            ref_X,
+            ref_y,
+            columns=columns,
+            baseline=damage.fidelity,
+            soft_baseline=damage.fidelity_probabilities,
+            **KWARGS,
+        )
+    assert damage.fidelity_probabilities is not None
+    assert given == refitted
+
+
 def _linear(n: int, seed: int = 0, width: int = 5):
     rng = np.random.default_rng(seed)
     W = rng.normal(size=(width, 3))
