@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -306,6 +307,12 @@ def session(lake: Lake, database: str = ":memory:") -> Iterator[duckdb.DuckDBPyC
     are written back (only those: steps on other hosts may be writing other tables)."""
     con = duckdb.connect(database)
     store.configure(con)
+    # an in-memory database spills past its memory limit to ./.tmp: to a private folder instead
+    spill = (
+        tempfile.TemporaryDirectory(prefix="stealwatch-spill-") if database == ":memory:" else None
+    )
+    if spill is not None:
+        con.execute(f"SET temp_directory = '{spill.name}'")  # a mkdtemp path: no quote in it
     loaded: dict[str, pa.Table] = {}
     try:
         for name in DAY_TABLES:
@@ -325,6 +332,8 @@ def session(lake: Lake, database: str = ":memory:") -> Iterator[duckdb.DuckDBPyC
             lake.write_table(name, table)
     finally:
         con.close()
+        if spill is not None:
+            spill.cleanup()
 
 
 def _changed_tables(con: duckdb.DuckDBPyConnection, loaded: dict[str, pa.Table]):

@@ -43,8 +43,8 @@ _STAGED_COLUMNS = (
 MEMORY_LIMIT = "1GB"
 """DuckDB's memory, its cache of pages read included, unless ``STEALWATCH_DUCKDB_MEMORY``
 says otherwise. DuckDB's own default (80% of RAM) let the cache grow with the store: ingesting
-the 11.4M-event year peaked at 1,835 MiB without a limit, 1,280 MiB with 1GB and 811 MiB with
-512MB, in 83, 86 and 84 s. Work that outgrows the limit spills to a temporary folder."""
+the 11.4M-event year peaked at 1,824 MiB with it, 1,278 MiB with 1GB and 817 MiB with 512MB
+(77, 83 and 83 s; ``benchmarks/ingest.py``). Work that outgrows the limit spills to disk."""
 MEMORY_ENV = "STEALWATCH_DUCKDB_MEMORY"
 _SIZE = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 

@@ -86,7 +86,10 @@ def test_a_rerun_replaces_each_partition_and_leaves_no_stale_file(sim, lake_audi
     with session(lake) as con:
         (events,) = con.sql("SELECT count(*) FROM events").fetchall()[0]
         (distinct,) = con.sql("SELECT count(DISTINCT event_id) FROM events").fetchall()[0]
+        spill = Path(con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0])
     assert events == distinct == truth["expected_ingest"]["accepted"]
+    # an in-memory session spills to a private folder, not ./.tmp, and removes it
+    assert spill.name.startswith("stealwatch-spill-") and not spill.exists()
 
 
 def test_parallel_day_partitions_equal_the_single_process_run(
