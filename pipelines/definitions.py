@@ -6,14 +6,15 @@ deployed resources: ``STEALWATCH_LOGS`` (archive root), ``STEALWATCH_OUT`` (outp
 ``STEALWATCH_DB`` (DuckDB file, default ``$STEALWATCH_OUT/stealwatch.duckdb``),
 ``STEALWATCH_MODEL``, ``STEALWATCH_REFERENCE``, ``STEALWATCH_TRAIN``, ``STEALWATCH_HOLDOUT``,
 ``STEALWATCH_CANARIES`` (the canary registry, TOML), ``STEALWATCH_LAKE`` (a path or
-``s3://bucket/prefix``: the Parquet storage mode; unset, the DuckDB file), and
+``s3://bucket/prefix``: the Parquet storage mode; unset, the DuckDB file),
+``STEALWATCH_DUCKDB_MEMORY`` (DuckDB's memory limit, default 1GB) and
 ``STEALWATCH_AUDIT_CONFIG`` (every AuditConfig field as JSON; the CLI sets it for the
 processes of a multiprocess run).
 
 ``STEALWATCH_ENV`` picks the deployment profile: ``local`` (default: the daily-audit job runs
 its steps in-process or in local processes) or ``k8s`` (each step a Kubernetes job through
 ``dagster-k8s``; needs ``STEALWATCH_LAKE``, since pods share no disk). See
-``deploy/k8s/dagster.yaml`` and the README's "Scale" section.
+``pipelines/profiles/k8s/dagster.yaml`` and the README's "Scale" section.
 """
 
 from __future__ import annotations
