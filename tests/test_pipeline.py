@@ -89,6 +89,17 @@ def test_bad_input_is_one_line_and_exit_2(
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_bad_memory_limit_in_the_environment_fails_before_any_write(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEALWATCH_DUCKDB_MEMORY", "lots")
+    code = main(["audit", "--logs", str(archive), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "STEALWATCH_DUCKDB_MEMORY) must be a size such as 1GB" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_archive_via_the_console_script(tmp_path: Path) -> None:
     done = subprocess.run(
         [

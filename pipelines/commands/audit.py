@@ -126,14 +126,14 @@ def audit_days(logs: str, start: dt.date | None, end: dt.date | None) -> tuple[d
 
 
 def run(args: argparse.Namespace) -> int:
+    from audits import store
     from pipelines.resources import AuditConfig
     from pipelines.runner import run_audit, show_progress
 
     if args.duckdb_memory is not None:
-        from audits import store
-
         # set for this process and the step processes it starts
         os.environ[store.MEMORY_ENV] = store.checked_size(args.duckdb_memory)
+    store.memory_limit()  # fail now on a bad size, from the flag or the environment
     mapping = _existing(args.mapping, "field mapping")
     if mapping:
         from audits.formats import load_mapping
