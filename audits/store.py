@@ -350,16 +350,17 @@ def ingest_chunk(
     # Row order within tables is never relied on (first occurrences use explicit positions),
     # so DuckDB may write in parallel.
     con.execute("SET preserve_insertion_order = false")
+    con.register("day_files", paths)  # the chunk's files, for the statements below
     con.execute("BEGIN TRANSACTION")
     try:
         _clear_partitions(con, partitions)
         if files:
             width = _validate(con, lines, width)
-            _store(con, paths)
+            _store(con)
             con.execute(
                 f"INSERT INTO user_day {user_day_select('events', _IN_PARTITIONS)}", [partitions]
             )
-        results, by_reason = _count_outcomes(con, files, raws, paths, partitions)
+        results, by_reason = _count_outcomes(con, files, raws, partitions)
         _record_files(con, files, results, paths, run_id)
         if width is not None:
             _store_width(con, width)
@@ -368,6 +369,8 @@ def ingest_chunk(
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    finally:
+        con.unregister("day_files")
     _checkpoint(con)
     return _day_results(days, width, results, by_reason)
 
@@ -499,34 +502,30 @@ def _validate(con: duckdb.DuckDBPyConnection, lines: pa.Table, width: int | None
     return width
 
 
-def _store(con: duckdb.DuckDBPyConnection, paths: pa.Table) -> None:
+def _store(con: duckdb.DuckDBPyConnection) -> None:
     """Rejects to quarantine; valid records to ``events``, keeping the first occurrence of
-    each event_id across the whole store (first by day, then file, then line: ``paths``
+    each event_id across the whole store (first by day, then file, then line: ``day_files``
     numbers the chunk's files in that order)."""
-    con.register("day_files", paths)
-    try:
-        con.execute(
-            "INSERT INTO rejected_events SELECT source_file, line_no, reason, detail, "
-            f"{_capped('text')}, partition_day FROM parsed JOIN day_files USING (file_index) "
-            "WHERE reason IS NOT NULL"
-        )
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE first_seen AS SELECT min({_POSITION}) AS position "
-            "FROM parsed p WHERE reason IS NULL "
-            "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p.event_id) "
-            "GROUP BY event_id"
-        )
-        columns = _STAGED_COLUMNS.replace("ts, ", "ts, CAST(ts AS DATE), ")
-        (firsts,) = fetch_one(con, "SELECT count(*) FROM first_seen")
-        (valid,) = fetch_one(con, "SELECT count(*) FROM parsed WHERE reason IS NULL")
-        keep = "" if firsts == valid else f" AND {_POSITION} IN (SELECT position FROM first_seen)"
-        con.execute(
-            f"INSERT INTO events SELECT {columns}, source_file, line_no, partition_day "
-            f"FROM parsed JOIN day_files USING (file_index) WHERE reason IS NULL{keep}"
-        )
-        con.execute("DROP TABLE first_seen")
-    finally:
-        con.unregister("day_files")
+    con.execute(
+        "INSERT INTO rejected_events SELECT source_file, line_no, reason, detail, "
+        f"{_capped('text')}, partition_day FROM parsed JOIN day_files USING (file_index) "
+        "WHERE reason IS NOT NULL"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE first_seen AS SELECT min({_POSITION}) AS position "
+        "FROM parsed p WHERE reason IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p.event_id) "
+        "GROUP BY event_id"
+    )
+    columns = _STAGED_COLUMNS.replace("ts, ", "ts, CAST(ts AS DATE), ")
+    (firsts,) = fetch_one(con, "SELECT count(*) FROM first_seen")
+    (valid,) = fetch_one(con, "SELECT count(*) FROM parsed WHERE reason IS NULL")
+    keep = "" if firsts == valid else f" AND {_POSITION} IN (SELECT position FROM first_seen)"
+    con.execute(
+        f"INSERT INTO events SELECT {columns}, source_file, line_no, partition_day "
+        f"FROM parsed JOIN day_files USING (file_index) WHERE reason IS NULL{keep}"
+    )
+    con.execute("DROP TABLE first_seen")
 
 
 def _capped(expr: str) -> str:
@@ -542,7 +541,6 @@ def _count_outcomes(
     con: duckdb.DuckDBPyConnection,
     files: Sequence[ArchiveFile],
     raws: list[RawFile],
-    paths: pa.Table,
     partitions: list[dt.date],
 ) -> tuple[list[FileResult], dict[dt.date, dict[str, int]]]:
     """Per-file counts, and rejects by reason per day; duplicates are the valid records not
@@ -567,14 +565,10 @@ def _count_outcomes(
         result.accepted = stored.get(result.path, 0)
         result.duplicates = result.rows_read - result.rejected - result.accepted
     by_reason: dict[dt.date, dict[str, int]] = {}
-    con.register("day_files", paths)
-    try:
-        rows = con.sql(
-            "SELECT partition_day, reason, count(*) FROM parsed JOIN day_files USING (file_index) "
-            "WHERE reason IS NOT NULL GROUP BY ALL ORDER BY 1, 2"
-        ).fetchall()
-    finally:
-        con.unregister("day_files")
+    rows = con.sql(
+        "SELECT partition_day, reason, count(*) FROM parsed JOIN day_files USING (file_index) "
+        "WHERE reason IS NOT NULL GROUP BY ALL ORDER BY 1, 2"
+    ).fetchall()
     for day, reason, count in rows:
         by_reason.setdefault(day, {})[reason] = count
     return results, by_reason
