@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -644,3 +644,42 @@ def unbalanced_files(con: duckdb.DuckDBPyConnection, day: dt.date) -> list[str]:
         params=[day, day, day],
     ).fetchall()
     return [path for (path,) in rows]
+
+
+# ---------------------------------------------------------------- replacing stored days
+
+
+def absent_stored_files(
+    con: duckdb.DuckDBPyConnection, files_by_day: Mapping[dt.date, Sequence[ArchiveFile]]
+) -> list[tuple[dt.date, str]]:
+    """The stored source files of ``files_by_day``'s days that are not among those days' new
+    files, in day and path order: re-ingesting the days would delete their records and custody
+    rows. A stored file is present when a new file of its day has its path (as stored or
+    resolved) or, for an archive moved elsewhere, its size and sha256."""
+    if not files_by_day or not _has_table(con, "source_files"):
+        return []
+    stored = con.sql(
+        "SELECT partition_day, path, size_bytes, sha256 FROM source_files "
+        "WHERE partition_day IN (SELECT unnest(?::DATE[])) ORDER BY partition_day, path",
+        params=[sorted(files_by_day)],
+    ).fetchall()
+    absent = []
+    for day, path, size, digest in stored:
+        if not _present(path, size, digest, files_by_day[day]):
+            absent.append((day, path))
+    return absent
+
+
+def _present(path: str, size: int, digest: str, files: Sequence[ArchiveFile]) -> bool:
+    paths = {str(f.path) for f in files} | {str(f.path.resolve()) for f in files}
+    if path in paths or str(Path(path).resolve()) in paths:
+        return True
+    return any(f.size_bytes == size and _sha256(f.path) == digest for f in files)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

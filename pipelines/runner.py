@@ -15,12 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 
+from audits import store
 from audits.errors import AuditFailed, InputError
+from pipelines.commands.outputs import store_error
 from pipelines.definitions import build_definitions, daily_audit_from_env
 from pipelines.partitions import FIRST_DAY
-from pipelines.resources import AuditConfig
+from pipelines.resources import AuditConfig, StoreResource
 from pipelines.window import RANGE_END_TAG, RANGE_START_TAG
 
 _PRELOAD = ["pipelines.definitions", "audits.detectors", "audits.forensics", "reports.render"]
@@ -36,6 +39,53 @@ def show_progress(enabled: bool = True) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO if enabled else logging.WARNING)
     logger.propagate = False
+
+
+STALE_OUTPUTS = (
+    "report.html",
+    "ingest_summary.json",
+    "user_scores.parquet",
+    "risk_register.csv",
+    "attack_defence_matrix.csv",
+    "error.log",
+    "privacy/privacy_audit.json",
+    "privacy/junit.xml",
+    "privacy/privacy_report.html",
+)
+"""Files of the output folder that a run writes or reads: an earlier run's copy is removed
+before the run starts. The risk register and the report read ``privacy/privacy_audit.json``
+and ``user_scores.parquet`` when present, and the CLI reads ``ingest_summary.json``: a run
+that skips a step (the privacy audit without a model and data) or fails must not show the
+earlier run's file as its own."""
+
+
+def remove_stale_outputs(out: Path) -> list[Path]:
+    """Remove an earlier run's :data:`STALE_OUTPUTS` from ``out``; the paths removed."""
+    removed = []
+    for name in STALE_OUTPUTS:
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def hold_store(database: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The DuckDB file opened for the whole run. DuckDB lets one process write a file: a
+    second run on the same file fails here at once, as one line, instead of retrying the
+    job's connections for ~100 s and failing inside it. The job's connections, opened in
+    this process with the same configuration, share this one's database."""
+    config = {"custom_user_agent": "dagster", **StoreResource(database=database).connection_config}
+    try:
+        con = duckdb.connect(database, config=config)
+    except duckdb.Error as exc:
+        raise InputError(store_error(database, exc)) from None
+    try:
+        store.configure(con)
+        yield con
+    finally:
+        con.close()
 
 
 def check_days(start: dt.date, end: dt.date) -> None:

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from pipelines.cli import main
+from pipelines.commands.investigate import page_file_name
 from reports.data import margins
 from reports.pages import page_name
 from tests.conftest import make_record, write_jsonl
@@ -77,7 +78,7 @@ def test_investigate_any_user_escapes_everything(hostile_audit: Path, user: str,
     )
     assert code == 0
     page = Path(capsys.readouterr().out.strip())
-    assert page.parent == out and page.name == page_name(user, prefix="user-")
+    assert page.parent == out and page.name == page_file_name(user)
     html = page.read_text()
     _assert_safe(html)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from audits.catalog import scan_archive
 from audits.errors import InputError
+from pipelines.commands.outputs import database_file, output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DuckDB's memory limit, its page cache included, e.g. 512MB or 4GB "
         "(default: $STEALWATCH_DUCKDB_MEMORY, else 1GB; more spills to disk)",
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="allow replacing a stored day whose stored files are absent from this archive "
+        "(without it the audit refuses: it would delete that day's events and custody rows)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(handler=run)
 
@@ -128,7 +135,7 @@ def audit_days(logs: str, start: dt.date | None, end: dt.date | None) -> tuple[d
 def run(args: argparse.Namespace) -> int:
     from audits import store
     from pipelines.resources import AuditConfig
-    from pipelines.runner import run_audit, show_progress
+    from pipelines.runner import hold_store, show_progress
 
     if args.duckdb_memory is not None:
         # set for this process and the step processes it starts
@@ -153,11 +160,7 @@ def run(args: argparse.Namespace) -> int:
         from audits.models import load_served_model
 
         load_served_model(_existing(args.model, "model"), trust_pickle=args.trust_pickle)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {out}: {exc.strerror}") from None
+    out = output_folder(args.out)
     audit = AuditConfig(
         logs=args.logs,
         out_dir=str(out),
@@ -187,9 +190,18 @@ def run(args: argparse.Namespace) -> int:
         Lake(args.lake)  # fail now on a lake that cannot be opened
     database = args.db or (":memory:" if args.lake else str(out / "stealwatch.duckdb"))
     show_progress(not args.quiet)
-    store = args.lake or database
-    print(f"stealwatch: auditing {start}..{end} of {args.logs} into {store}", file=sys.stderr)
-    run_audit(audit, database, start, end, lake=args.lake, workers=args.workers)
+    if args.lake:
+        _prepare(out)
+        _run(audit, database, start, end, args)
+    else:
+        database_file(database, out)
+        if not Path(database).parent.exists():
+            _make_folder(out)  # the default database's folder
+        with hold_store(database) as con:  # a second run on this file fails here, at once
+            if not args.replace:
+                _refuse_silent_replacement(con, audit, start, end, database)
+            _prepare(out)
+            _run(audit, database, start, end, args)
     summary = json.loads((out / "ingest_summary.json").read_text())
     print(
         f"ingested {summary['files']} files: {summary['rows_read']} records read, "
@@ -208,3 +220,51 @@ def run(args: argparse.Namespace) -> int:
             print(out / name)
             break
     return 0
+
+
+def _run(audit, database: str, start: dt.date, end: dt.date, args: argparse.Namespace) -> None:
+    from pipelines.runner import run_audit
+
+    where = args.lake or database
+    print(f"stealwatch: auditing {start}..{end} of {args.logs} into {where}", file=sys.stderr)
+    run_audit(audit, database, start, end, lake=args.lake, workers=args.workers)
+
+
+def _make_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out}: {exc.strerror}") from None
+
+
+def _prepare(out: Path) -> None:
+    """The output folder, created, without an earlier run's outputs (``STALE_OUTPUTS``)."""
+    from pipelines.runner import remove_stale_outputs
+
+    _make_folder(out)
+    remove_stale_outputs(out)
+
+
+def _refuse_silent_replacement(con, audit, start: dt.date, end: dt.date, database: str) -> None:
+    """Refuse, as one line, to re-ingest a stored day whose stored files this archive lacks:
+    that would delete their events and custody rows. A rerun of the same archive passes."""
+    from collections import defaultdict
+
+    from audits import store
+    from audits.formats import load_mapping
+
+    mapping = load_mapping(audit.mapping) if audit.mapping else None
+    files, _skipped = scan_archive(audit.logs, audit.log_format, mapping)
+    by_day = defaultdict(list)
+    for file in files:
+        if start <= file.day <= end:
+            by_day[file.day].append(file)
+    absent = store.absent_stored_files(con, by_day)
+    if absent:
+        day, path = absent[0]
+        more = f" (and {len(absent) - 1} more stored files)" if len(absent) > 1 else ""
+        raise InputError(
+            f"{database} holds day {day} from {path}, which this archive lacks{more}: "
+            "auditing would replace that day's events and custody rows; pass --replace to "
+            "replace them, or audit into another --db"
+        )

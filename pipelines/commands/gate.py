@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from audits.errors import InputError
+from pipelines.commands.outputs import output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from audits.models import load_served_model
     from audits.privacy import Thresholds, run_privacy_audit, write_gate_outputs
 
+    output_folder(args.out)  # before the run: exit 1 must only mean "threshold exceeded"
     thresholds = Thresholds(args.max_membership_auc, args.max_fidelity)
     budgets = parse_budgets(args.budgets)
     model = load_served_model(args.model, trust_pickle=args.trust_pickle)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from audits.errors import InputError
 from pipelines.commands.audit import parse_day
+from pipelines.commands.outputs import output_folder, store_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,13 +36,40 @@ def run(args: argparse.Namespace) -> int:
     start, end = parse_day(args.start, "--start"), parse_day(args.end, "--end")
     if start and end and start > end:
         raise InputError(f"--start {start} is after --end {end}")
+    output_folder(args.out)
     with _store(args) as (con, name):
         span = con.sql(
             "SELECT min(day), max(day) FROM events WHERE user_id = ?", params=[args.user]
         ).fetchall()[0]
         if span[0] is None:
             raise InputError(f"user {args.user!r} has no events in {name}")
-        return _write_page(con, args, (start or span[0], end or span[1]))
+        return _write_page(con, args, user_range(start, end, span))
+
+
+def user_range(start, end, span) -> tuple:
+    """``start..end``, a bound not given being the user's first or last day (``span``); a
+    range that ends before it starts is a one-line :class:`InputError`."""
+    if start and not end and start > span[1]:
+        raise InputError(
+            f"--start {start} is after the user's last day {span[1]} (the default --end)"
+        )
+    if end and not start and end < span[0]:
+        raise InputError(
+            f"--end {end} is before the user's first day {span[0]} (the default --start)"
+        )
+    return start or span[0], end or span[1]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def page_file_name(user: str) -> str:
+    """The page's file name: the id made safe for a file name (readable, at most 40
+    characters) and 12 hex digits of the exact id's sha256, so that two ids never share a
+    page, even ones that differ only in case or in characters a file name cannot hold."""
+    readable = _UNSAFE.sub("_", user)[:40].strip("._") or "id"
+    digest = hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"user-{readable}-{digest}.html"
 
 
 @contextmanager
@@ -64,7 +94,7 @@ def _store(args: argparse.Namespace) -> Iterator[tuple[object, str]]:
     try:
         con = duckdb.connect(args.db, read_only=True)
     except duckdb.Error as exc:
-        raise InputError(f"cannot open {args.db}: {str(exc).splitlines()[0]}") from None
+        raise InputError(store_error(args.db, exc)) from None
     try:
         store.configure(con)
         if not data.has_table(con, "events"):
@@ -81,7 +111,7 @@ def _write_page(con, args: argparse.Namespace, window) -> int:
     path = pages.write_subject_page(
         con,
         window,
-        out / pages.page_name(args.user, prefix="user-"),
+        out / page_file_name(args.user),
         users=[args.user],
         title=f"Investigation: {args.user}",
         scores=data.load_scores(None, con, window),
