@@ -15,15 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import duckdb
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 
-from audits import store
 from audits.errors import AuditFailed, InputError
-from pipelines.commands.outputs import store_error
 from pipelines.definitions import build_definitions, daily_audit_from_env
 from pipelines.partitions import FIRST_DAY
-from pipelines.resources import AuditConfig, StoreResource
+from pipelines.resources import AuditConfig
 from pipelines.window import RANGE_END_TAG, RANGE_START_TAG
 
 _PRELOAD = ["pipelines.definitions", "audits.detectors", "audits.forensics", "reports.render"]
@@ -68,24 +65,6 @@ def remove_stale_outputs(out: Path) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
-
-
-@contextmanager
-def hold_store(database: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The DuckDB file opened for the whole run. DuckDB lets one process write a file: a
-    second run on the same file fails here at once, as one line, instead of retrying the
-    job's connections for ~100 s and failing inside it. The job's connections, opened in
-    this process with the same configuration, share this one's database."""
-    config = {"custom_user_agent": "dagster", **StoreResource(database=database).connection_config}
-    try:
-        con = duckdb.connect(database, config=config)
-    except duckdb.Error as exc:
-        raise InputError(store_error(database, exc)) from None
-    try:
-        store.configure(con)
-        yield con
-    finally:
-        con.close()
 
 
 def check_days(start: dt.date, end: dt.date) -> None:

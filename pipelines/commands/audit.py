@@ -11,7 +11,7 @@ from pathlib import Path
 
 from audits.catalog import scan_archive
 from audits.errors import InputError
-from pipelines.commands.outputs import database_file, output_folder
+from pipelines.commands.outputs import database_file, free_store, hold_store, output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -134,8 +134,6 @@ def audit_days(logs: str, start: dt.date | None, end: dt.date | None) -> tuple[d
 
 def run(args: argparse.Namespace) -> int:
     from audits import store
-    from pipelines.resources import AuditConfig
-    from pipelines.runner import hold_store, show_progress
 
     if args.duckdb_memory is not None:
         # set for this process and the step processes it starts
@@ -161,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
 
         load_served_model(_existing(args.model, "model"), trust_pickle=args.trust_pickle)
     out = output_folder(args.out)
+    if not args.lake:  # before the slow imports below: a busy or bad --db fails at once
+        free_store(database_file(args.db or str(out / "stealwatch.duckdb"), out))
+    from pipelines.resources import AuditConfig
+    from pipelines.runner import show_progress
+
     audit = AuditConfig(
         logs=args.logs,
         out_dir=str(out),
@@ -194,7 +197,6 @@ def run(args: argparse.Namespace) -> int:
         _prepare(out)
         _run(audit, database, start, end, args)
     else:
-        database_file(database, out)
         if not Path(database).parent.exists():
             _make_folder(out)  # the default database's folder
         with hold_store(database) as con:  # a second run on this file fails here, at once

@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
+
+from audits import store
 from audits.errors import InputError
+
+STORE_CONFIG = {"custom_user_agent": "dagster"}
+"""The configuration ``dagster_duckdb.DuckDBResource`` opens the job's connections with: a
+connection held with the same one shares its database within the process."""
 
 
 def output_folder(path: str, flag: str = "--out") -> Path:
@@ -62,7 +71,7 @@ def _write_problem(folder: Path) -> str | None:
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 
 
-def store_error(database: str, exc: Exception) -> str:
+def store_error(database: str | Path, exc: Exception) -> str:
     """One line saying why the DuckDB file ``database`` cannot be opened."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     holder = _LOCK_HOLDER.search(text)
@@ -72,3 +81,29 @@ def store_error(database: str, exc: Exception) -> str:
             "still running: wait for it to finish or use another --db"
         )
     return f"cannot open the database {database}: {text}"
+
+
+def free_store(database: str | Path) -> None:
+    """Fail at once, as one line, when the DuckDB file ``database`` cannot be opened for
+    writing (held by another process, not a DuckDB file). A cheap check before a run's slow
+    imports; the run then holds the file (:func:`hold_store`). Creates nothing."""
+    if Path(database).is_file():
+        with hold_store(database):
+            pass
+
+
+@contextmanager
+def hold_store(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The DuckDB file opened for a whole run. DuckDB lets one process write a file: a second
+    run on the same file fails here at once, as one line, instead of retrying the job's
+    connections for ~100 s and failing inside it. The job's connections, opened in this
+    process with :data:`STORE_CONFIG`, share this one's database."""
+    try:
+        con = duckdb.connect(str(database), config=STORE_CONFIG)
+    except duckdb.Error as exc:
+        raise InputError(store_error(database, exc)) from None
+    try:
+        store.configure(con)
+        yield con
+    finally:
+        con.close()
