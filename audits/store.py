@@ -65,10 +65,12 @@ def checked_size(value: str) -> str:
 
 
 def configure(con: duckdb.DuckDBPyConnection) -> None:
-    """Settings of every stealwatch connection: its memory limit, and no progress bar (progress
-    is ours to print)."""
+    """Settings of every stealwatch connection: its memory limit, no progress bar (progress
+    is ours to print), and insertion order kept: ingest turns that off for its own writes, and
+    settings are global to a database that stays open across a run's connections."""
     con.execute(f"SET memory_limit = '{memory_limit()}'")  # checked against _SIZE
     con.execute("SET enable_progress_bar = false")
+    con.execute("SET preserve_insertion_order = true")
 
 
 def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
