@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import re
 import sys
@@ -46,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         return _write_page(con, args, user_range(start, end, span))
 
 
-def user_range(start, end, span) -> tuple:
+def user_range(
+    start: dt.date | None, end: dt.date | None, span: tuple[dt.date, dt.date]
+) -> tuple[dt.date, dt.date]:
     """``start..end``, a bound not given being the user's first or last day (``span``); a
     range that ends before it starts is a one-line :class:`InputError`."""
     if start and not end and start > span[1]:
