@@ -234,8 +234,8 @@ Tuner = Callable[[list[Run]], dict]
 
 
 def threshold_at_budget(train: list[Run]) -> dict:
-    """The default tuner: the stealwatch score threshold that keeps the benign keys flagged
-    within the budget on every training run (the largest per-run benign quantile)."""
+    """The default tuner: the stealwatch score threshold (flag above it) that keeps the benign
+    keys flagged within the budget on every training run (the largest per-run benign quantile)."""
     tops = []
     for run in train:
         frame = run.scores["stealwatch"]
@@ -268,7 +268,7 @@ def held_out(runs: list[Run], domain: str, tuner: Tuner, say) -> tuple[dict, lis
             else run.scores["stealwatch"]
         )
         if threshold is not None:
-            frame = frame.with_columns((pl.col("score") >= threshold).alias("flagged"))
+            frame = frame.with_columns((pl.col("score") > threshold).alias("flagged"))
         tuned.append(Run(run.domain, run.seed, run.sim, {"stealwatch": frame}))
     return knobs, tuned
 
