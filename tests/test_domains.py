@@ -130,43 +130,23 @@ def test_cli_domain_errors_exit_2(tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_a_domain_archive_ingests_through_audit_without_rejects(tmp_path) -> None:
     sim, out = tmp_path / "sim", tmp_path / "audit"
-    assert (
-        cli.main(
-            [
-                "simulate",
-                "--out",
-                str(sim),
-                "--domain",
-                "credit",
-                "--users",
-                "40",
-                "--days",
-                "1",
-                "--seed",
-                "2",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    simulate = [
+        "simulate",
+        "--domain",
+        "credit",
+        "--users",
+        "40",
+        "--days",
+        "1",
+        "--seed",
+        "2",
+        "--quiet",
+    ]
+    assert cli.main([*simulate, "--out", str(sim)]) == 0
     truth = json.loads((sim / "truth.json").read_text())
-    assert (
-        cli.main(
-            [
-                "audit",
-                "--logs",
-                str(sim / "logs"),
-                "--out",
-                str(out),
-                "--model",
-                str(sim / "model.skops"),
-                "--reference",
-                str(sim / "reference.parquet"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    paths = {"logs": "logs", "model": "model.skops", "reference": "reference.parquet"}
+    argv = [x for k, name in paths.items() for x in (f"--{k}", str(sim / name))]
+    assert cli.main(["audit", "--out", str(out), "--quiet", *argv]) == 0
     summary = json.loads((out / "ingest_summary.json").read_text())
     expected = truth["expected_ingest"]
     assert {k: summary[k] for k in expected} == expected
