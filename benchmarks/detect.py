@@ -297,7 +297,10 @@ def cross_domain(args: argparse.Namespace) -> dict:
             sim = archive(work, domain, seed, args.users, args.days, say)
             began = time.perf_counter()
             runs.append(Run(domain, seed, sim, score_archive(sim, detectors)))
-            say(f"scored {sim.name} in {time.perf_counter() - began:.0f} s")
+            aucs = ", ".join(
+                f"{name} AUC {figures(frame)['auc']:.3f}" for name, frame in runs[-1].scores.items()
+            )
+            say(f"scored {sim.name} in {time.perf_counter() - began:.0f} s: {aucs}")
     result = {"table": table(runs)}
     print(render(result["table"], detectors))
     if args.holdout_domain:
