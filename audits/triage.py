@@ -42,63 +42,55 @@ def margin(score: float | None, threshold: float | None) -> float | None:
 
 
 def defence_options(damage: dict | None) -> list[dict]:
-    """Each replayed defence with the copy fidelity it would have left the subject and its cost
-    to legitimate users, best (lowest fidelity, then lowest cost) first."""
+    """Each replayed defence with the copy fidelity it would have left the subject (``fidelity``),
+    the fidelity it is compared with (``from``: the label-trained copy for defences that keep
+    answers as they are, the probability-trained one for those that change probabilities) and
+    its cost to legitimate users; the largest cut first, then the cheapest."""
     replay = (damage or {}).get("replay") or {}
-    if not replay:
-        return []
     base = replay.get("fidelity")
+    if base is None:
+        return []
     soft = replay.get("fidelity_probabilities")
     options = []
     for limit in (replay.get("rate_limit") or {}).values():
         rates = ", ".join(f"{v:,}/{k.removeprefix('per_')}" for k, v in limit["limits"].items())
-        options.append(
-            _option(
-                f"rate limit ({rates})",
-                limit["fidelity"],
-                limit.get("legit_blocked", 0),
-                f"{limit.get('legit_blocked', 0):,} legitimate queries blocked "
-                f"({limit.get('legit_users_affected', 0):,} users)",
-            )
-        )
-    if replay.get("top1") and soft is not None:
-        top1 = replay["top1"]
-        options.append(
-            _option(
-                "serve the top-1 label only",
-                top1["fidelity"],
-                top1.get("legit_responses_changed", 0),
-                f"{top1.get('legit_responses_changed', 0):,} legitimate answers lose their "
-                "probabilities",
-            )
-        )
-    for key, label in (("rounding", "round probabilities"), ("randomisation", "randomise them")):
-        entry = replay.get(key)
-        if entry and soft is not None:
-            options.append(
-                _option(
-                    label,
-                    max(entry["fidelity"], base or 0.0),  # labels alone still train a copy
-                    entry.get("legit_responses_changed", 0),
-                    f"{entry.get('legit_responses_changed', 0):,} legitimate answers changed",
-                )
-            )
+        blocked, users = limit.get("legit_blocked", 0), limit.get("legit_users_affected", 0)
+        cost = f"{blocked:,} legitimate queries blocked ({users:,} users)"
+        options.append(_option(f"rate limit ({rates})", limit["fidelity"], base, blocked, cost))
+    if soft is not None:
+        top1 = replay.get("top1") or {}
+        if top1:
+            changed = top1.get("legit_responses_changed", 0)
+            cost = f"{changed:,} legitimate answers lose their probabilities"
+            options.append(_option("serve the top-1 label only", base, soft, changed, cost))
+        for key, label in (
+            ("rounding", "round probabilities"),
+            ("randomisation", "randomise them"),
+        ):
+            entry = replay.get(key)
+            if entry:
+                changed = entry.get("legit_responses_changed", 0)
+                cost = f"{changed:,} legitimate answers changed"
+                left = max(entry["fidelity"], base)  # labels alone still train a copy
+                options.append(_option(label, left, soft, changed, cost))
     dedup = replay.get("dedup")
     if dedup:
+        cached = dedup.get("legit_queries_affected", 0)
+        cost = f"{cached:,} legitimate queries answered from cache"
         options.append(
-            _option(
-                "deduplicate repeated queries",
-                dedup["fidelity"],
-                dedup.get("legit_queries_affected", 0),
-                f"{dedup.get('legit_queries_affected', 0):,} legitimate queries answered from "
-                "cache",
-            )
+            _option("deduplicate repeated queries", dedup["fidelity"], base, cached, cost)
         )
-    return sorted(options, key=lambda o: (o["fidelity"], o["cost"], o["name"]))
+    return sorted(options, key=lambda o: (o["fidelity"] - o["from"], o["cost"], o["name"]))
 
 
-def _option(name: str, fidelity: float, cost: int, cost_text: str) -> dict:
-    return {"name": name, "fidelity": float(fidelity), "cost": int(cost), "cost_text": cost_text}
+def _option(name: str, fidelity: float, before: float, cost: int, cost_text: str) -> dict:
+    return {
+        "name": name,
+        "fidelity": float(fidelity),
+        "from": float(before),
+        "cost": int(cost),
+        "cost_text": cost_text,
+    }
 
 
 def recommended_action(level: str, damage: dict | None, canary: bool) -> dict:
@@ -112,21 +104,10 @@ def recommended_action(level: str, damage: dict | None, canary: bool) -> dict:
     }[level]
     if canary:
         keys += ": they replayed canary inputs no legitimate client sends"
-    achieved = _achieved(damage)
     best = next(iter(defence_options(damage)), None)
-    if best is None or achieved is None or achieved - best["fidelity"] < USEFUL_CUT:
+    if best is None or best["from"] - best["fidelity"] < USEFUL_CUT:
         return {"keys": keys, "defence": None}
-    return {
-        "keys": keys,
-        "defence": {**best, "from": achieved},
-    }
-
-
-def _achieved(damage: dict | None) -> float | None:
-    if not damage or damage.get("fidelity") is None:
-        return None
-    soft = damage.get("fidelity_probabilities")
-    return max(damage["fidelity"], soft) if soft is not None else damage["fidelity"]
+    return {"keys": keys, "defence": best}
 
 
 def triage(incidents: list[dict], threshold: float | None) -> list[dict]:

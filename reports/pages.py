@@ -263,7 +263,7 @@ def _verdict(
         return {
             "severity": incident.get("severity"),
             "kind": incident.get("kind"),
-            "keys": len(incident.get("members") or []),
+            "n_keys": len(incident.get("members") or []),
             "queries": incident.get("n_events"),
             "fidelity": damage.get("fidelity"),
             "ci": damage.get("ci"),
@@ -279,7 +279,7 @@ def _verdict(
     return {
         "severity": None,
         "kind": "user",
-        "keys": len(score_rows) or 1,
+        "n_keys": len(score_rows) or 1,
         "queries": summary.get("events"),
         "fidelity": top.get("est_fidelity"),
         "ci": None,
