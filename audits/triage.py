@@ -65,7 +65,7 @@ def defence_options(damage: dict | None) -> list[dict]:
             options.append(_option("serve the top-1 label only", base, soft, changed, cost))
         for key, label in (
             ("rounding", "round probabilities"),
-            ("randomisation", "randomise them"),
+            ("randomisation", "randomise probabilities"),
         ):
             entry = replay.get(key)
             if entry:
