@@ -115,26 +115,21 @@ def projection(population: np.ndarray, subject: np.ndarray) -> Markup:
     points as thousands of SVG paths weighed most of a page."""
     fig, ax = _figure(4.8, 4.0)
     ax.set_rasterization_zorder(3)  # everything below is drawn into one image
-    ax.scatter(
-        population[:, 0],
-        population[:, 1],
-        s=4,
-        color=ALL_COLOUR,
-        alpha=0.35,
-        label="population sample",
-        zorder=1,
-        linewidths=0,
+    layers = (
+        (population, 4, ALL_COLOUR, 0.35, "population sample"),
+        (subject, 7, SUSPECT_COLOUR, 0.8, "this subject"),
     )
-    ax.scatter(
-        subject[:, 0],
-        subject[:, 1],
-        s=7,
-        color=SUSPECT_COLOUR,
-        alpha=0.8,
-        label="this subject",
-        zorder=2,
-        linewidths=0,
-    )
+    for zorder, (points, size, colour, alpha, label) in enumerate(layers, 1):
+        ax.scatter(
+            points[:, 0],
+            points[:, 1],
+            s=size,
+            color=colour,
+            alpha=alpha,
+            label=label,
+            zorder=zorder,
+            linewidths=0,
+        )
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.legend(frameon=False, fontsize=8, loc="best")
