@@ -25,6 +25,7 @@ from audits.scoring import (
     build_incidents,
     group_features,
 )
+from pipelines.progress import progress_for
 from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 
@@ -132,6 +133,7 @@ def user_features(
         if window is None:
             return MaterializeResult(metadata={"rows": 0})
         source = DuckDBSource(con, window)
+        progress_for(context)(f"detection: features of each user in {window[0]}..{window[1]}")
         features = window_features(source, reference)
         _replace(con, "user_features", USER_FEATURES_DDL, features, window)
     return MaterializeResult(
@@ -158,6 +160,7 @@ def user_scores(
                 audit.out_path / "user_scores.parquet"
             )
             return MaterializeResult(metadata={"rows": 0, "flagged": 0})
+        progress_for(context)("detection: scoring every user with each detector")
         features = con.sql(
             "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
             "WHERE window_start = ? AND window_end = ? ORDER BY user_id",

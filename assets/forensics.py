@@ -23,6 +23,7 @@ from audits import forensics as fx
 from audits.errors import InputError
 from audits.event_source import DuckDBSource, EventSource
 from audits.scoring import USER_SCORES_SCHEMA
+from pipelines.progress import progress_for
 from pipelines.resources import AuditConfig
 from pipelines.window import audit_window
 
@@ -154,7 +155,13 @@ def forensics(
             )
         )
         table, fidelity, groups, incident_damage = forensics_of(
-            config, audit, DuckDBSource(con, window), scores, flagged, incidents, context.log.info
+            config,
+            audit,
+            DuckDBSource(con, window),
+            scores,
+            flagged,
+            incidents,
+            progress_for(context),
         )
         _write(con, window, table, fidelity, groups, incident_damage, audit)
     return MaterializeResult(
@@ -251,10 +258,17 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
     workers = config.workers or fx.default_workers()
     damages: dict[tuple[str, ...], fx.Damage] = {}
     replays: dict[tuple[str, ...], dict] = {}
-    for key, damage, replay in fx.estimate_subjects(task, work, workers):
+    total = len(dict.fromkeys(keys))
+    log(f"forensics: {total} subjects (keys and groups) on {workers} worker(s)")
+    for number, (key, damage, replay) in enumerate(fx.estimate_subjects(task, work, workers), 1):
         damages[key] = damage
         if replay is not None:
             replays[key] = replay
+        who = key[0] if len(key) == 1 else f"group of {len(key)} keys"
+        log(
+            f"forensics: subject {number}/{total}: {who}: fidelity {damage.fidelity:.3f}"
+            + (", defences replayed" if replay is not None else "")
+        )
     rows = []
     for kind, subject, members in subjects:
         d = damages[_members_key(members)]
@@ -276,10 +290,6 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
                 "replay": json.dumps(replay) if replay is not None else None,
                 "trained_on": d.trained_on,
             }
-        )
-        log(
-            f"damage of {kind} {subject}: fidelity {d.fidelity:.3f} "
-            f"(trained on {d.trained_on:,} of {d.queries:,} queries)"
         )
     table = pl.DataFrame(rows, schema=DAMAGE_SCHEMA)
     fidelity = {u: damages[(u,)].fidelity for u in flagged if (u,) in damages}

@@ -34,6 +34,7 @@ def report(
             return MaterializeResult(metadata={"skipped": "no events in the store"})
         path = pages.write_overview(con, window, out)
         written = _incident_pages(con, window, out, say)
+    _link_privacy_report(out)
     say(f"report: {path}")
     return MaterializeResult(
         metadata={
@@ -45,22 +46,35 @@ def report(
 
 
 def _incident_pages(con: duckdb_module.DuckDBPyConnection, window, out, say) -> int:
+    """A page per listed incident and per canary incident merged into one."""
     scores = data.load_scores(out, con, window)
-    incidents = data.incidents(con, window)
-    population = data.population_sample(con, window) if incidents else None
-    for number, incident in enumerate(incidents, 1):
-        say(f"incident page {number}/{len(incidents)}: {incident['incident_id']}")
+    listed = pages.triaged_incidents(con, window, scores)
+    every = [*listed, *(c for i in listed for c in i["canaries"])]
+    population = data.population_sample(con, window) if every else None
+    for number, incident in enumerate(every, 1):
+        say(f"incident page {number}/{len(every)}: {incident['incident_id']}")
         pages.write_subject_page(
             con,
             window,
-            out / "incidents" / pages.page_name(str(incident["incident_id"])),
+            out / incident["page"],
             users=[str(member) for member in incident["members"]],
-            title=f"Incident {incident['incident_id']}",
+            title="Incident",
             incident=incident,
             scores=scores,
             population=population,
+            audit_dir=out,
+            incidents=listed,
         )
-    return len(incidents)
+    return len(every)
+
+
+def _link_privacy_report(out) -> None:
+    """The privacy gate's page, rewritten with a link back to the overview it belongs to."""
+    result = data.privacy_summary(out)
+    if result is not None:
+        from reports.privacy import write_privacy_report
+
+        write_privacy_report(result, out / "privacy" / "privacy_report.html", "../report.html")
 
 
 report_assets = [report]

@@ -100,9 +100,8 @@ def run_audit(
             return
         job = build_definitions(audit, database, lake).resolve_job_def("daily_audit")
         try:
-            job.execute_in_process(
-                run_config=_QUIET_DAGSTER, instance=DagsterInstance.ephemeral(), tags=tags
-            )
+            with _instance() as instance:
+                job.execute_in_process(run_config=_QUIET_DAGSTER, instance=instance, tags=tags)
         except InputError:
             raise
         except Exception as exc:
@@ -188,10 +187,21 @@ def _child_environment(audit: AuditConfig, database: str, lake: str) -> Iterator
                 os.environ[name] = value
 
 
+def _instance() -> DagsterInstance:
+    """The instance in ``$DAGSTER_HOME`` when it is set (so the Dagster UI on the same home
+    shows the CLI's runs and materialisations), else a throwaway one in memory."""
+    return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+
+
 @contextmanager
 def _temporary_instance() -> Iterator[DagsterInstance]:
     """A throwaway Dagster instance on disk (the multiprocess executor needs one), with the
-    project's pool limits: writers of the window tables one at a time."""
+    project's pool limits: writers of the window tables one at a time. The instance in
+    ``$DAGSTER_HOME`` instead, when it is set (its ``dagster.yaml`` sets the pools)."""
+    if os.environ.get("DAGSTER_HOME"):
+        with DagsterInstance.get() as instance:
+            yield instance
+        return
     with tempfile.TemporaryDirectory(prefix="stealwatch-dagster-") as home:
         overrides = {
             "concurrency": {"pools": {"default_limit": 1}},

@@ -270,7 +270,22 @@ def privacy_summary(out_dir: Path) -> dict | None:
     path = out_dir / "privacy" / "privacy_audit.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    result = json.loads(path.read_text())
+    return {**result, "verdicts": privacy_verdicts(result)}
+
+
+def privacy_verdicts(result: dict) -> dict:
+    """``{"membership": "pass"|"fail", "extraction": "pass"|"fail"|"not_gated"}``: the gate's
+    own ``verdicts`` when it wrote them, else read from its checks."""
+    if isinstance(result.get("verdicts"), dict):
+        return result["verdicts"]
+    outcome = {True: "pass", False: "fail", None: "not_gated"}
+    checks = {c.get("name"): c.get("passed") for c in result.get("checks") or []}
+    membership = checks.get("membership_auc", result.get("passed"))
+    return {
+        "membership": outcome[membership if membership is not None else True],
+        "extraction": outcome[checks.get("surrogate_fidelity")],
+    }
 
 
 def confidence_daily(con: duckdb.DuckDBPyConnection, window: Window) -> list[dict] | None:
@@ -363,9 +378,28 @@ def feature_percentiles(
     return rows[:limit]
 
 
+def sql_literal(text: str) -> str:
+    """A SQL string literal of ``text``; invisible and direction-changing characters are
+    spelled ``chr(n)`` so that the statement shows them and still matches exactly."""
+    from reports.render import is_hidden
+
+    pieces, plain = [], ""
+    for char in text:
+        if is_hidden(char):
+            pieces += (["'" + plain.replace("'", "''") + "'"] if plain else []) + [
+                f"chr({ord(char)})"
+            ]
+            plain = ""
+        else:
+            plain += char
+    if plain or not pieces:
+        pieces.append("'" + plain.replace("'", "''") + "'")
+    return " || ".join(pieces)
+
+
 def sql_to_pull(users: list[str], window: Window) -> str:
     """The exact SQL that pulls the subject's events from the DuckDB file (literals quoted)."""
-    quoted = ", ".join("'" + user.replace("'", "''") + "'" for user in users)
+    quoted = ", ".join(sql_literal(user) for user in users)
     return (
         f"SELECT * FROM events\nWHERE user_id IN ({quoted})\n"
         f"  AND day BETWEEN DATE '{window[0]}' AND DATE '{window[1]}'\nORDER BY ts, event_id;"

@@ -59,7 +59,11 @@ def agreement_chart(result: dict) -> Markup:
         )
         ax.grid(True, axis="x", color="#e5e5e5", lw=0.6)
         fig.tight_layout()
-        return svg_markup(fig)
+        return svg_markup(
+            fig,
+            f"Agreement on the fingerprint: the suspect at {result['agreement']:.1%} against "
+            f"{len(result['null'])} independent models, {len(result['copies'])} reference copies",
+        )
 
 
 def _family_order(family: str) -> tuple[int, str]:

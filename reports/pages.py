@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import polars as pl
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
+from audits import triage
 from audits.confidence import MIN_REFERENCE_GAP
 from reports import charts
 from reports import data as d
@@ -29,11 +31,27 @@ def page_name(identifier: str, prefix: str = "") -> str:
     return f"{prefix}{digest}.html"
 
 
+def incident_page(incident: dict) -> str:
+    """An incident page's path under the audit's output folder."""
+    return "incidents/" + page_name(str(incident["incident_id"]))
+
+
+def triaged_incidents(
+    con: duckdb.DuckDBPyConnection, window: d.Window, scores: d.Scores | None
+) -> list[dict]:
+    """The window's incidents as the overview lists them (:func:`audits.triage.triage`), each
+    with its page and its canary incidents' pages."""
+    listed = triage.triage(d.incidents(con, window), None if scores is None else scores.threshold)
+    for incident in listed:
+        incident["page"] = incident_page(incident)
+        for hit in incident["canaries"]:
+            hit["page"] = incident_page(hit)
+    return listed
+
+
 def write_overview(con: duckdb.DuckDBPyConnection, window: d.Window, out_dir: Path) -> Path:
     scores = d.load_scores(out_dir, con, window)
-    incidents = d.incidents(con, window)
-    for incident in incidents:
-        incident["page"] = "incidents/" + page_name(str(incident["incident_id"]))
+    incidents = triaged_incidents(con, window, scores)
     flagged = [] if scores is None else scores.frame.filter(pl.col("flagged"))["user_id"].to_list()
     context = {
         "window": window,
@@ -42,6 +60,9 @@ def write_overview(con: duckdb.DuckDBPyConnection, window: d.Window, out_dir: Pa
         "scores": _scores_context(scores),
         "flagged_count": len(flagged),
         "incidents": incidents,
+        "by_severity": Counter(i["severity"] for i in incidents),
+        "severities": triage.SEVERITIES,
+        "worst": triage.worst_copy(incidents),
         "privacy": d.privacy_summary(out_dir),
         "confidence": _confidence_context(con, window),
         "canaries": d.canary_overview(con, window),
@@ -98,9 +119,23 @@ def _overview_charts(con, window, scores: d.Scores | None, flagged: list[str]) -
         )
         names = scores.detectors
         if len(names) >= 2 and frame.height >= 3:
-            matrix = spearmanr(frame.select([f"score_{n}" for n in names]).to_numpy()).statistic
-            result["agreement"] = charts.detector_agreement(names, np.atleast_2d(matrix))
+            matrix = rank_correlation(frame.select([f"score_{n}" for n in names]).to_numpy())
+            result["agreement"] = charts.detector_agreement(names, matrix)
     return result
+
+
+def rank_correlation(columns: np.ndarray) -> np.ndarray:
+    """Spearman's rho between every pair of columns, always a k × k matrix: NaN where a column
+    is constant (a detector that scored every key alike ranks nobody), 1 on its diagonal
+    otherwise."""
+    ranks = rankdata(np.asarray(columns, dtype=float), axis=0)
+    centred = ranks - ranks.mean(axis=0)
+    norms = np.sqrt((centred**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        matrix = (centred.T @ centred) / np.outer(norms, norms)
+    matrix[:, norms == 0] = np.nan
+    matrix[norms == 0, :] = np.nan
+    return np.clip(matrix, -1.0, 1.0)
 
 
 def has_events(con: duckdb.DuckDBPyConnection, users: list[str], window: d.Window) -> bool:
@@ -121,24 +156,36 @@ def write_subject_page(
     incident: dict | None = None,
     scores: d.Scores | None = None,
     population: pl.DataFrame | None = None,
+    audit_dir: Path | None = None,
+    incidents: list[dict] | None = None,
 ) -> Path:
     """One page about a user or a group: the incident page and ``stealwatch investigate``.
+    ``title``: what the page is ("Incident", "Investigation"); the subject follows it.
     ``population``: :func:`reports.data.population_sample` of the window, when the caller
-    writes several pages."""
+    writes several pages. ``audit_dir``: the audit's output folder, to link its overview and
+    incident pages when they exist; ``incidents``: :func:`triaged_incidents`, when known."""
     events = d.subject_events(con, users, window)
     if population is None:
         population = d.population_sample(con, window)
+    if incidents is None:
+        incidents = triaged_incidents(con, window, scores)
     score_rows = []
     if scores is not None:
         score_rows = scores.frame.filter(pl.col("user_id").is_in(users)).to_dicts()
     canary = (incident or {}).get("kind") == "canary"  # its evidence is the canaries it sent
     evidence = None if canary else (incident or {}).get("evidence")
+    related = _related(incidents, incident, users, score_rows)
+    shown = related["listed"] or incident  # a merged canary's page shows its key's verdict
+    summary = _subject_summary(events)
     context = {
         "title": title,
+        "subject": (incident or {}).get("subject") or (users[0] if len(users) == 1 else None),
         "window": window,
         "users": users,
         "incident": incident,
-        "summary": _subject_summary(events),
+        "summary": summary,
+        "verdict": _verdict(shown, summary, score_rows, scores),
+        "links": _links(out_path, audit_dir, related),
         "evidence": evidence or d.feature_percentiles(con, users, window),
         "canary_evidence": (incident or {}).get("evidence") if canary else [],
         "canary_hits": d.canary_hits(con, users, window),
@@ -153,6 +200,97 @@ def write_subject_page(
         "sql": d.sql_to_pull(users, window),
     }
     return render_page("subject.html", out_path, **context)
+
+
+def _related(
+    incidents: list[dict], incident: dict | None, users: list[str], score_rows: list[dict]
+) -> dict:
+    """The listed incident this page belongs to (its own, the key's when it is a merged canary
+    incident, or the one covering an investigated key), the other incidents that share a key
+    with it, and the Sybil groups its keys were linked into."""
+    mine = set(users)
+    own = (incident or {}).get("incident_id")
+    listed = next((i for i in incidents if i["incident_id"] == own), None)
+    if listed is None:
+        listed = next(
+            (
+                i
+                for i in incidents
+                if own in {c["incident_id"] for c in i["canaries"]}
+                or (own is None and mine & set(map(str, i.get("members") or [])))
+            ),
+            None,
+        )
+    others = [
+        i for i in incidents if i is not listed and mine & set(map(str, i.get("members") or []))
+    ]
+    groups = sorted({str(r["group_id"]) for r in score_rows if r.get("group_id") is not None})
+    return {"listed": listed, "others": others, "groups": groups}
+
+
+def _links(out_path: Path, audit_dir: Path | None, related: dict) -> dict:
+    """Relative links from this page to the audit's overview and to the related incident
+    pages; none when the audit's folder has no overview (the incident pages are written with
+    it)."""
+    if audit_dir is None or not (audit_dir / "report.html").exists():
+        return {"overview": None, "related": [], "groups": related["groups"]}
+
+    def href(relative: str) -> str:
+        return Path(os.path.relpath(audit_dir / relative, out_path.parent)).as_posix()
+
+    items = []
+    listed = related["listed"]
+    for i in ([listed] if listed else []) + related["others"]:
+        items.append({"incident": i, "href": href(i["page"]), "relation": i["kind"]})
+        items += [
+            {"incident": hit, "href": href(hit["page"]), "relation": "canary"}
+            for hit in i["canaries"]
+        ]
+    here = out_path.resolve()
+    items = [item for item in items if (out_path.parent / item["href"]).resolve() != here]
+    return {"overview": href("report.html"), "related": items, "groups": related["groups"]}
+
+
+def _verdict(
+    incident: dict | None, summary: dict, score_rows: list[dict], scores: d.Scores | None
+) -> dict:
+    """The box at the top of a subject page: what happened, the copy's fidelity with its
+    interval, the margin over the threshold and the action with its cost."""
+    threshold = None if scores is None else scores.threshold
+    flagged = [r for r in score_rows if r.get("flagged")]
+    if incident is not None:
+        damage = incident.get("damage") or {}
+        return {
+            "severity": incident.get("severity"),
+            "kind": incident.get("kind"),
+            "n_keys": len(incident.get("members") or []),
+            "queries": incident.get("n_events"),
+            "fidelity": damage.get("fidelity"),
+            "ci": damage.get("ci"),
+            "queries_to_90": damage.get("queries_to_90"),
+            "score": incident.get("score"),
+            "margin": incident.get("margin"),
+            "threshold": threshold,
+            "canaries": sum(c.get("n_events") or 0 for c in incident.get("canaries") or []),
+            "action": incident.get("action"),
+            "flagged": True,
+        }
+    top = max(score_rows, key=lambda r: r.get("score") or 0.0, default={})
+    return {
+        "severity": None,
+        "kind": "user",
+        "n_keys": len(score_rows) or 1,
+        "queries": summary.get("events"),
+        "fidelity": top.get("est_fidelity"),
+        "ci": None,
+        "queries_to_90": None,
+        "score": top.get("score"),
+        "margin": triage.margin(top.get("score"), threshold),
+        "threshold": threshold,
+        "canaries": 0,
+        "action": None,
+        "flagged": bool(flagged),
+    }
 
 
 def _subject_summary(events: pl.DataFrame) -> dict:
@@ -241,3 +379,27 @@ def _sample(events: pl.DataFrame) -> list[dict]:
             else ", ".join(f"{v:.3f}" for v in row["probabilities"])
         )
     return rows
+
+
+def closing_summary(database: str, window: d.Window, out_dir: Path) -> str:
+    """One line for the end of ``stealwatch audit``: incidents by severity, the worst copy and
+    where the report is."""
+    parts = []
+    if database != ":memory:" and Path(database).is_file():
+        con = duckdb.connect(database, read_only=True)
+        try:
+            listed = triaged_incidents(con, window, d.load_scores(out_dir, con, window))
+        finally:
+            con.close()
+        counts = Counter(i["severity"] for i in listed)
+        levels = ", ".join(f"{counts[s]} {s}" for s in triage.SEVERITIES if counts[s])
+        parts.append(f"{len(listed)} incident{'' if len(listed) == 1 else 's'}")
+        parts[-1] += f" ({levels})" if levels else ""
+        worst = triage.worst_copy(listed)
+        if worst is not None:
+            fidelity, subject = worst["damage"]["fidelity"], ascii(worst["subject"])
+            parts.append(f"worst copy {fidelity:.1%} by {subject}")
+    report = out_dir / "report.html"
+    if report.exists():
+        parts.append(f"open {report.resolve().as_uri()}")
+    return "; ".join(parts)

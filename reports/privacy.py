@@ -1,4 +1,5 @@
-"""The privacy gate's HTML report: self-contained, inline SVG charts, deterministic bytes."""
+"""The privacy gate's HTML report: self-contained, inline SVG charts, deterministic bytes, in
+the audit pages' visual system (``base.html``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from audits.forensics import DEFAULT_NOISE_SCALE
+from reports.data import privacy_verdicts
 from reports.render import SVG_RC, environment, svg_markup, write_atomically
 
 ATTACK_LABELS = {
@@ -30,13 +32,15 @@ FAMILY_STYLES = {"logistic_regression": "-", "gradient_boosting": "--", "mlp": "
 
 
 def roc_chart(roc_curves: dict) -> Markup:
-    """Membership ROC curves on log-log axes, so the low-FPR region is visible."""
+    """Membership ROC curves on log-log axes, so the low-FPR region is visible; the legend
+    beside the axes, never over a curve."""
     with matplotlib.rc_context(SVG_RC):
-        fig = Figure(figsize=(5.2, 4.2))
+        fig = Figure(figsize=(7.0, 4.2))
         ax = fig.add_subplot()
         grid = np.geomspace(1e-4, 1, 50)
         ax.plot(grid, grid, color="#999999", lw=0.8, ls="--", label="chance")
         names = [n for n in ATTACK_LABELS if n in roc_curves]
+        names += sorted(n for n in roc_curves if n not in ATTACK_LABELS)  # attacks added later
         for colour, name in zip(COLOURS, names, strict=False):
             curve = roc_curves[name]
             fpr = np.maximum(curve["fpr"], 1e-4)
@@ -53,9 +57,15 @@ def roc_chart(roc_curves: dict) -> Markup:
             ylabel="true-positive rate (members found)",
         )
         ax.grid(True, which="major", color="#e5e5e5", lw=0.6)
-        ax.legend(loc="lower right", frameon=False, fontsize=8)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
         fig.tight_layout()
-        return svg_markup(fig)
+        return svg_markup(
+            fig,
+            "Membership-inference ROC curves on log-log axes for "
+            + ", ".join(ATTACK_LABELS.get(n, n) for n in names),
+        )
 
 
 def extraction_chart(curves: list[dict], metric: str = "fidelity") -> Markup:
@@ -75,7 +85,11 @@ def extraction_chart(curves: list[dict], metric: str = "fidelity") -> Markup:
         fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=7)
         legend_rows = -(-len(handles) // 3)  # room for the legend: 3 rows took 0.16
         fig.tight_layout(rect=(0, 0.02 + 0.047 * legend_rows, 1, 1))
-        return svg_markup(fig)
+        return svg_markup(
+            fig,
+            f"Surrogate {metric} against query budget, one panel per query source "
+            f"({', '.join(s.replace('_', ' ') for s in sources)})",
+        )
 
 
 def _extraction_panel(ax, curves: list[dict], metric: str) -> None:
@@ -108,6 +122,7 @@ def report_context(result: dict) -> dict:
     return {
         "r": result,
         "attack_labels": ATTACK_LABELS,
+        "verdicts": privacy_verdicts(result),
         "granularity_labels": GRANULARITY_LABELS,
         "noise_scale": DEFAULT_NOISE_SCALE,
         "roc_svg": roc_chart(result["roc_curves"]),
@@ -116,13 +131,14 @@ def report_context(result: dict) -> dict:
     }
 
 
-def render_privacy_report(result: dict) -> str:
-    """The report as one self-contained HTML page."""
+def render_privacy_report(result: dict, overview_href: str | None = None) -> str:
+    """The report as one self-contained HTML page; ``overview_href``: the audit overview it
+    links back to, when it is part of an audit."""
     template = environment().get_template("privacy_report.html")
-    return template.render(**report_context(result))
+    return template.render(**report_context(result), overview_href=overview_href)
 
 
-def write_privacy_report(result: dict, path: str | Path) -> Path:
+def write_privacy_report(result: dict, path: str | Path, overview_href: str | None = None) -> Path:
     path = Path(path)
-    write_atomically(path, render_privacy_report(result))
+    write_atomically(path, render_privacy_report(result, overview_href))
     return path

@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -120,3 +121,102 @@ def test_margins_are_top1_minus_top2_in_row_order_whatever_the_widths():
     shown = pl.Series([[0.1, 0.7, 0.2], None, [], [1.0], [0.5, 0.5], [0.3, 0.6, 0.1], [0.9, 0.1]])
     assert margins(shown).round(6).tolist() == [0.5, 1.0, 0.0, 0.3, 0.8]
     assert margins(pl.Series([None], dtype=pl.List(pl.Float64))).tolist() == []
+
+
+# ---------------------------------------------------------------- display of hostile ids (23.10)
+
+SPOOFING = ["admin\u202egnp.exe", "ro\u200bot", "nul\x00byte", "bom\ufeffkey", "line\u2028sep"]
+
+
+@pytest.mark.parametrize("user", SPOOFING)
+def test_invisible_and_bidi_characters_are_shown_as_escapes(user: str) -> None:
+    from reports.render import environment
+
+    html = environment().from_string("{{ u|ident }}").render(u=user)
+    hidden = [c for c in user if not c.isprintable()]
+    assert hidden and not any(c in html for c in hidden)
+    for char in hidden:
+        assert f"\\u{ord(char):04x}" in html
+    assert html.startswith(user[:2])
+
+
+def test_spoofing_ids_are_visible_on_every_page(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "logs"
+    lines = []
+    for i in range(240):
+        record = make_record("2026-11-01", i, user=SPOOFING[i % 2] if i % 4 else f"u{i % 7}")
+        lines.append(json.dumps(record))
+    write_jsonl(root / "dt=2026-11-01" / "a.jsonl.gz", lines)
+    out = tmp_path / "out"
+    assert main(["audit", "--logs", str(root), "--out", str(out), "--quiet"]) == 0
+    db = str(out / "stealwatch.duckdb")
+    assert main(["investigate", "--db", db, "--user", SPOOFING[0], "--out", str(out)]) == 0
+    page = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    for html in (page.read_text(), (out / "report.html").read_text()):
+        assert "\u202e" not in html and "\u200b" not in html
+    assert "admin<span" in page.read_text() and "\\u202e" in page.read_text()
+
+
+# ---------------------------------------------------------------- detector agreement (23.3)
+
+
+def test_rank_correlation_of_a_constant_detector_is_nan_not_a_crash() -> None:
+    from reports import charts
+    from reports.pages import rank_correlation
+
+    rng = np.random.default_rng(0)
+    scores = np.column_stack([rng.random(50), np.full(50, 0.5), rng.random(50)])
+    matrix = rank_correlation(scores)
+    assert matrix.shape == (3, 3)
+    assert np.isnan(matrix[1]).all() and np.isnan(matrix[:, 1]).all()
+    assert matrix[0, 0] == pytest.approx(1.0) and -1 <= matrix[0, 2] <= 1
+    two = rank_correlation(scores[:, :2])  # two detectors: still a matrix (spearmanr: a scalar)
+    assert two.shape == (2, 2)
+    assert "n/a" in charts.detector_agreement(["a", "flat", "b"], matrix)
+
+
+def test_a_constant_detector_does_not_stop_the_report(monkeypatch) -> None:
+    from reports import pages
+    from reports.data import Scores
+
+    frame = pl.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(20)],
+            "score": np.linspace(0, 1, 20),
+            "flagged": [False] * 19 + [True],
+            "score_iforest": np.linspace(0, 1, 20),
+            "score_flat": [0.3] * 20,
+        }
+    )
+    monkeypatch.setattr(pages.d, "hourly_activity", lambda *_: ([], [], []))
+    charts = pages._overview_charts(None, None, Scores(frame, 0.9), [])
+    assert charts["agreement"] is not None and "n/a" in charts["agreement"]
+
+
+# ---------------------------------------------------------------- wording and charts
+
+
+def test_numbers_never_show_minus_zero_and_counts_agree_in_number() -> None:
+    from reports.render import number, percent, plural, when
+
+    assert number(-0.0001, 3) == "0.000" and number(-0.5, 1) == "-0.5"
+    assert percent(-0.00001) == "0.0%"
+    assert plural(1, "user") == "1 user" and plural(3, "query", "queries") == "3 queries"
+    assert when("2026-11-01T10:02:03.123456") == "2026-11-01 10:02:03"
+
+
+def test_charts_keep_text_as_text_with_an_alternative_and_unique_ids() -> None:
+    from reports import charts
+
+    rng = np.random.default_rng(1)
+    svgs = [
+        charts.projection(rng.normal(size=(3000, 2)), rng.normal(size=(2000, 2))),
+        charts.bars(["a", "b"], [1, 2], xlabel="x", ylabel="queries"),
+        charts.bars(["a", "b", "c"], [1, 2, 3], xlabel="x", ylabel="queries"),
+    ]
+    ids = [i for svg in svgs for i in re.findall(r'\bid="([^"]+)"', svg)]
+    assert len(ids) == len(set(ids))
+    for svg in svgs:
+        assert 'role="img"' in svg and "<title>" in svg and "<text" in svg
+    assert len(svgs[0]) < 120_000  # 5,000 points drawn as one raster layer, not 5,000 paths
+    assert "<image" in svgs[0]

@@ -217,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
             f"(attack-defence matrix: {out / 'attack_defence_matrix.csv'})",
             file=sys.stderr,
         )
+    from reports.pages import closing_summary
+
+    print(f"stealwatch: {closing_summary(database, (start, end), out)}", file=sys.stderr)
     for name in ("report.html", "ingest_summary.json"):
         if (out / name).exists():
             print(out / name)

@@ -116,8 +116,9 @@ def _write_page(con, args: argparse.Namespace, window) -> int:
         window,
         out / page_file_name(args.user),
         users=[args.user],
-        title=f"Investigation: {args.user}",
+        title="Investigation",
         scores=data.load_scores(None, con, window),
+        audit_dir=Path(args.db).parent if args.db else None,  # its overview, when there
     )
     print(path)
     if not pages.has_events(con, [args.user], window):
