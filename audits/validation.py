@@ -67,15 +67,22 @@ _NOT_NUMBERS = ('"', "{", "r", "l", "[[", ",[")
 
 
 # Every field's JSON fragment. Only the full rules use it (for the few records that fail the
-# fast check), so the line is parsed again only for those.
+# fast check), so the line is parsed again only for those, and only once: the fragments and
+# their kinds are columns the rules read (written inline in every rule, the same extraction
+# ran some 150 times per line and a day of 2,000 bad records ran DuckDB out of memory).
 _FRAGMENTS = "try(json_extract(text, [" + ", ".join(f"'$.{name}'" for name in FIELDS) + "]))"
 
 
 def _fragment(name: str) -> str:
-    return f"{_FRAGMENTS}[{_IDX[name]}]"
+    return f"fragments[{_IDX[name]}]"
 
 
 def _kind(name: str) -> str:
+    """The column holding the JSON type of a field (NULL when absent)."""
+    return f"kind_{name}"
+
+
+def _kind_sql(name: str) -> str:
     """SQL for the JSON type of a field (NULL when absent), from its fragment's first char."""
     arms = " ".join(f"WHEN '{c}' THEN '{k}'" for c, k in _KIND_OF_FIRST_CHAR.items())
     fragment = _fragment(name)
@@ -83,6 +90,10 @@ def _kind(name: str) -> str:
         f"(CASE WHEN {fragment} IS NOT NULL THEN CASE left({fragment}, 1) {arms} "
         f"ELSE '{_NUMBER}' END END)"
     )
+
+
+def _kind_columns() -> str:
+    return ",\n        ".join(f"{_kind_sql(name)} AS {_kind(name)}" for name in FIELDS)
 
 
 def _absent(name: str) -> str:
@@ -315,8 +326,14 @@ WITH lines AS (
     SELECT *, coalesce({_clean(width)}, FALSE) AS clean FROM typed_values
 ), typed AS (
     SELECT {typed_text} FROM checked
+), extracted AS (
+    SELECT *, CASE WHEN NOT clean THEN {_FRAGMENTS} END AS fragments FROM typed
+), kinded AS (
+    SELECT *,
+        {_kind_columns()}
+    FROM extracted
 ), ruled AS (
-    SELECT *, {_rule_number(rules)} AS rule FROM typed
+    SELECT *, {_rule_number(rules)} AS rule FROM kinded
 )
 SELECT
     file_index, line_no,
