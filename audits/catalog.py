@@ -13,11 +13,14 @@ import gzip
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from audits.errors import InputError
 from audits.formats import kind_of
+from audits.readers import GZIP_MAGIC
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -95,15 +98,23 @@ def scan_archive(
 
 def _first_line(path: Path) -> str:
     """The first non-blank line of a JSON-lines file ('' when unreadable)."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        with _open_text(path, "utf-8-sig") as handle:
             for _, line in zip(range(100), handle, strict=False):
                 if line.strip():
                     return line
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return ""
     return ""
+
+
+def _open_text(path: Path, encoding: str) -> IO[str]:
+    """A JSON-lines file as text: gunzipped when its bytes are gzip (not merely its name)."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == GZIP_MAGIC
+    if gzipped:
+        return gzip.open(path, "rt", encoding=encoding, errors="replace")
+    return open(path, encoding=encoding, errors="replace")
 
 
 def _mtime_day(stat: os.stat_result) -> dt.date:
@@ -124,13 +135,12 @@ def _first_event_day(path: Path, fmt: str) -> dt.date | None:
     try:
         if fmt == "parquet":
             return _first_parquet_day(path)
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        with _open_text(path, "utf-8-sig") as handle:
             for _, line in zip(range(1000), handle, strict=False):
                 day = _day_of_line(line)
                 if day:
                     return day
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
     return None
 

@@ -101,7 +101,7 @@ def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
     """API Gateway access logs under ``root`` (JSON lines, any file name, gzip or not) as
     ``(request_id, user_id, source_ip, latency_ms, ts)``, and the count of lines that could not
     be used (unparseable, or without a request id)."""
-    from audits.store import BATCH_ROWS
+    from audits.store import rebatched
 
     root = Path(root)
     if not root.exists():
@@ -113,7 +113,7 @@ def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
         pa.concat_tables(tables) if tables else pa.table({"text": pa.array([], pa.large_string())})
     )
     con = duckdb.connect()
-    con.register("gateway_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=BATCH_ROWS)))
+    con.register("gateway_lines", rebatched(lines))
     con.execute(
         "CREATE TEMP TABLE parsed AS SELECT g[1] AS request_id, nullif(g[2], '-') AS user_id, "
         "nullif(g[3], '-') AS source_ip, try_cast(nullif(g[4], '-') AS DOUBLE) AS latency_ms, "

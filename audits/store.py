@@ -16,6 +16,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from audits import schema
 from audits.catalog import ArchiveFile
 from audits.errors import InputError
 from audits.formats import CANONICAL, ReaderOptions, to_canonical
-from audits.readers import decompress_recoverable
+from audits.readers import GZIP_MAGIC, decompress_recoverable
 from audits.validation import dominant_width_sql, validation_sql
 
 Progress = Callable[[str], None]
@@ -142,6 +143,7 @@ class RawFile:
 # ---------------------------------------------------------------- reading
 
 BATCH_ROWS = 1 << 16  # rows per Arrow batch: DuckDB scans batches in parallel
+_BOM = b"\xef\xbb\xbf"
 _READ_THREADS = 4
 
 
@@ -154,8 +156,12 @@ def read_raw(file: ArchiveFile) -> RawFile:
         return RawFile(_with_flags(lines, None, None), digest, len(raw), None)
     damage = None
     data = raw
-    if file.compressed:
+    if file.compressed and raw.startswith(GZIP_MAGIC):
         data, damage = decompress_recoverable(raw)
+    elif file.compressed and raw:
+        damage = "named .gz but not gzip: read as plain text"
+    if data.startswith(_BOM):  # a byte-order mark is no part of the first record
+        data = data[len(_BOM) :]
     lines, bad_utf8 = split_lines(data)
     cut_line = lines.num_rows if damage and data and not data.endswith(b"\n") else None
     return RawFile(_with_flags(lines, cut_line, bad_utf8), digest, len(raw), damage)
@@ -248,7 +254,13 @@ def read_day(files: Sequence[ArchiveFile], say: Progress | None = None) -> DayRe
     if not tables:
         return DayRead(raws, pa.table({}))
     combined = pa.concat_tables(tables)
-    return DayRead(raws, pa.Table.from_batches(combined.to_batches(max_chunksize=BATCH_ROWS)))
+    return DayRead(raws, rebatched(combined))
+
+
+def rebatched(table: pa.Table) -> pa.Table:
+    """``table`` in batches of at most :data:`BATCH_ROWS` rows (DuckDB scans them in
+    parallel); an empty table keeps its columns."""
+    return pa.Table.from_batches(table.to_batches(max_chunksize=BATCH_ROWS), schema=table.schema)
 
 
 CHUNK_LINES = 1 << 18
@@ -352,29 +364,54 @@ def ingest_chunk(
     # Row order within tables is never relied on (first occurrences use explicit positions),
     # so DuckDB may write in parallel.
     con.execute("SET preserve_insertion_order = false")
-    con.register("day_files", paths)  # the chunk's files, for the statements below
-    con.execute("BEGIN TRANSACTION")
+    if files:  # into a temp table, before the transaction: a failure here can be retried
+        width = _validate(con, lines, width, say)
     try:
-        _clear_partitions(con, partitions)
-        if files:
-            width = _validate(con, lines, width)
-            _store(con)
-            con.execute(
-                f"INSERT INTO user_day {user_day_select('events', _IN_PARTITIONS)}", [partitions]
-            )
-        results, by_reason = _count_outcomes(con, files, raws, partitions)
-        _record_files(con, files, results, paths, run_id)
-        if width is not None:
-            _store_width(con, width)
-        con.execute("DROP TABLE IF EXISTS parsed")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with _registered(con, "day_files", paths), _transaction(con):
+            _clear_partitions(con, partitions)
+            if files:
+                _store(con)
+                con.execute(
+                    f"INSERT INTO user_day {user_day_select('events', _IN_PARTITIONS)}",
+                    [partitions],
+                )
+            results, by_reason = _count_outcomes(con, files, raws, partitions)
+            _record_files(con, files, results, paths, run_id)
+            if width is not None:
+                _store_width(con, width)
     finally:
-        con.unregister("day_files")
+        with suppress(duckdb.Error):
+            con.execute("DROP TABLE IF EXISTS parsed")
     _checkpoint(con)
     return _day_results(days, width, results, by_reason)
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit what the block did, or roll it back and re-raise the block's own error (a
+    failing rollback never masks it)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+    """``table`` visible to SQL as ``name`` for the block; unregistering never masks the
+    block's own error (in an aborted transaction it fails too)."""
+    con.register(name, table)
+    try:
+        yield
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.unregister(name)
+        raise
+    con.unregister(name)
 
 
 _IN_PARTITIONS = "partition_day IN (SELECT unnest(?::DATE[]))"
@@ -398,8 +435,7 @@ def _chunk_lines(days: Sequence[_ReadDay]) -> pa.Table:
         offset += len(d.files)
     if not tables:
         return pa.table({})
-    combined = pa.concat_tables(tables)
-    return pa.Table.from_batches(combined.to_batches(max_chunksize=BATCH_ROWS))
+    return rebatched(pa.concat_tables(tables))
 
 
 def _day_results(
@@ -448,8 +484,7 @@ def _as_canonical(
             for part in parts
         ]
     )
-    # small batches again, so DuckDB validates them in parallel
-    return pa.Table.from_batches(mapped.to_batches(max_chunksize=BATCH_ROWS))
+    return rebatched(mapped)  # small batches again, so DuckDB validates them in parallel
 
 
 def _rows_of_files(lines: pa.Table, indexes: list[int]) -> pa.Table:
@@ -488,20 +523,74 @@ def user_day_select(events: str, where: str = "true") -> str:
     )
 
 
-def _validate(con: duckdb.DuckDBPyConnection, lines: pa.Table, width: int | None) -> int | None:
+def _validate(
+    con: duckdb.DuckDBPyConnection, lines: pa.Table, width: int | None, say: Progress
+) -> int | None:
     """Classify every line into the temp table ``parsed``; returns the width in force (the
-    given one, else the dominant width of a sample of the day's lines)."""
+    given one, else the dominant width of a sample of the day's lines). Should the one fast
+    statement fail (DuckDB out of memory, say), the lines take every rule in slices instead."""
     pretyped = "v" in lines.column_names
-    con.register("lines_in", lines)
     try:
-        if width is None:
-            row = fetch_one(con, dominant_width_sql(pretyped=pretyped))
-            width = int(row[0]) if row and row[0] else None
-        sql = validation_sql(width, pretyped=pretyped)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {sql}")
-    finally:
-        con.unregister("lines_in")
+        with _registered(con, "lines_in", lines):
+            if width is None:
+                row = fetch_one(con, dominant_width_sql(pretyped=pretyped))
+                width = int(row[0]) if row and row[0] else None
+            sql = validation_sql(width, pretyped=pretyped)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {sql}")
+    except duckdb.Error as exc:
+        say(f"fast validation failed ({_first_line(exc)}); validating in slices")
+        _validate_in_slices(con, lines, width, pretyped)
     return width
+
+
+FALLBACK_SLICE_ROWS = 4096
+
+
+def _validate_in_slices(
+    con: duckdb.DuckDBPyConnection, lines: pa.Table, width: int | None, pretyped: bool
+) -> None:
+    """The fallback of :func:`_validate`: every rule for every line, a slice at a time; a
+    slice that still fails is split down to single lines, and a line that fails alone is
+    quarantined as unreadable with the error (never raised)."""
+    sql = validation_sql(width, pretyped=pretyped, fast=False)
+    with _registered(con, "lines_in", lines.slice(0, 0)):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {sql}")
+    pending = [
+        lines.slice(start, FALLBACK_SLICE_ROWS)
+        for start in range(0, lines.num_rows, FALLBACK_SLICE_ROWS)
+    ]
+    while pending:
+        part = pending.pop()
+        try:
+            with _registered(con, "lines_in", part):
+                con.execute(f"INSERT INTO parsed {sql}")
+        except duckdb.Error as exc:
+            if part.num_rows > 1:
+                half = part.num_rows // 2
+                pending += [part.slice(0, half), part.slice(half)]
+            else:
+                _quarantine_unreadable(con, part, exc)
+
+
+def _quarantine_unreadable(
+    con: duckdb.DuckDBPyConnection, line: pa.Table, exc: duckdb.Error
+) -> None:
+    """A line the rules could not classify even alone: rejected as malformed, with the error."""
+    row = line.to_pylist()[0]
+    con.execute(
+        "INSERT INTO parsed (file_index, line_no, text, reason, detail) VALUES (?, ?, ?, ?, ?)",
+        [
+            row["file_index"],
+            row["line_no"],
+            row.get("text") or "",
+            schema.MALFORMED_JSON,
+            f"the rules could not read this line: {_first_line(exc)}",
+        ],
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _store(con: duckdb.DuckDBPyConnection) -> None:

@@ -42,7 +42,7 @@ ALLOWED_KINDS: dict[str, tuple[str, ...]] = {
     "user_id": _SCALAR_ID,
     "features": (_ARRAY,),
     "session_id": _SCALAR_ID,
-    "source_ip": (_STRING,),
+    "source_ip": _SCALAR_ID,  # as the other ids: text, or a number kept as its text
     "model_id": _SCALAR_ID,
     "model_version": _SCALAR_ID,
     "prediction": (_STRING, _NUMBER, _BOOLEAN),
@@ -61,21 +61,31 @@ _REJECT_DETAILS = (
     "ELSE reject"
 )
 _ZONE_SUFFIX = r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)\s*$"
+# A date alone ("2026-11-01") would pass the zone test (its "-01" reads as an offset) and
+# take the host's zone: a timestamp needs its hours and minutes.
+_TIME_OF_DAY = r"\d[Tt ]\d\d:\d\d"
 # Text that cannot occur in a minified JSON array of numbers (NaN and Infinity included):
 # strings, objects, true/false/null, nested arrays.
 _NOT_NUMBERS = ('"', "{", "r", "l", "[[", ",[")
 
 
 # Every field's JSON fragment. Only the full rules use it (for the few records that fail the
-# fast check), so the line is parsed again only for those.
+# fast check), so the line is parsed again only for those, and only once: the fragments and
+# their kinds are columns the rules read (written inline in every rule, the same extraction
+# ran some 150 times per line and a day of 2,000 bad records ran DuckDB out of memory).
 _FRAGMENTS = "try(json_extract(text, [" + ", ".join(f"'$.{name}'" for name in FIELDS) + "]))"
 
 
 def _fragment(name: str) -> str:
-    return f"{_FRAGMENTS}[{_IDX[name]}]"
+    return f"fragments[{_IDX[name]}]"
 
 
 def _kind(name: str) -> str:
+    """The column holding the JSON type of a field (NULL when absent)."""
+    return f"kind_{name}"
+
+
+def _kind_sql(name: str) -> str:
     """SQL for the JSON type of a field (NULL when absent), from its fragment's first char."""
     arms = " ".join(f"WHEN '{c}' THEN '{k}'" for c, k in _KIND_OF_FIRST_CHAR.items())
     fragment = _fragment(name)
@@ -83,6 +93,10 @@ def _kind(name: str) -> str:
         f"(CASE WHEN {fragment} IS NOT NULL THEN CASE left({fragment}, 1) {arms} "
         f"ELSE '{_NUMBER}' END END)"
     )
+
+
+def _kind_columns() -> str:
+    return ",\n        ".join(f"{_kind_sql(name)} AS {_kind(name)}" for name in FIELDS)
 
 
 def _absent(name: str) -> str:
@@ -99,7 +113,11 @@ def _rules() -> list[tuple[str, str, str]]:
         ("reject IS NOT NULL", "reject", "reject_detail"),
         ("cut", schema.TRUNCATED_LINE, "'partial last line of a file cut short'"),
         ("bad_utf8", schema.INVALID_UTF8, "'bytes that are not UTF-8'"),
-        ("v IS NULL", schema.MALFORMED_JSON, "'not parseable as JSON'"),
+        (
+            "v IS NULL AND NOT coalesce(try(json_valid(text)), FALSE)",
+            schema.MALFORMED_JSON,
+            "'not parseable as JSON'",
+        ),
         (
             "left(ltrim(text), 1) <> '{'",
             schema.NOT_AN_OBJECT,
@@ -132,6 +150,11 @@ def _rules() -> list[tuple[str, str, str]]:
         rules.append((f"{name} = ''", schema.MISSING_FIELD, f"'empty \"{name}\"'"))
     rules += [
         ("ts_utc IS NULL", schema.BAD_TIMESTAMP, "'unparseable timestamp'"),
+        (
+            f"NOT regexp_matches(ts_text, '{_TIME_OF_DAY}')",
+            schema.BAD_TIMESTAMP,
+            "'a date without a time of day'",
+        ),
         (
             f"NOT regexp_matches(ts_text, '{_ZONE_SUFFIX}')",
             schema.BAD_TIMESTAMP,
@@ -190,6 +213,7 @@ def _clean(width: int | None) -> str:
         _numbers_fragment("v.features"),
         "(v.probabilities IS NULL OR (" + _numbers_fragment("v.probabilities") + "))",
         "ts_utc IS NOT NULL",
+        f"regexp_matches(ts_text, '{_TIME_OF_DAY}')",
         f"regexp_matches(ts_text, '{_ZONE_SUFFIX}')",
         f"len(features) = {int(width)}" if width is not None else "len(features) > 0",
         # a finite sum implies finite elements (the converse can fail on overflow: such a row
@@ -266,12 +290,14 @@ def dominant_width_sql(sample_rows: int = 20_000, *, pretyped: bool = False) -> 
     )
 
 
-def validation_sql(width: int | None = None, *, pretyped: bool = False) -> str:
+def validation_sql(width: int | None = None, *, pretyped: bool = False, fast: bool = True) -> str:
     """SQL over ``lines_in(file_index, line_no, text, cut, bad_utf8)`` that classifies every
     non-blank line; ``cut`` marks a damaged file's partial last line; ``width``, when known,
     is the required length of ``features``. With ``pretyped``, ``lines_in`` also has a ``v``
-    column (``record_struct_type``): where set, the record is taken as parsed (``text`` is
-    NULL) and its canonical JSON is written only when some rule needs it."""
+    column (``record_struct_type``): where set, the record is taken
+    as parsed (``text`` is NULL) and its canonical JSON is written only when some rule needs
+    it. Without ``fast``, every line takes every rule (the same outcome, slower: the fallback
+    when the fast check fails)."""
     typed_elsewhere = ("ts", "features", "probabilities", "latency_ms")
     values = ",\n        ".join(
         f"v.{name} AS {name}" for name in FIELDS if name not in typed_elsewhere
@@ -312,11 +338,18 @@ WITH lines AS (
         try_cast(v.ts AS TIMESTAMPTZ) AS ts_utc
     FROM kinds
 ), checked AS (
-    SELECT *, coalesce({_clean(width)}, FALSE) AS clean FROM typed_values
+    SELECT *, {f"coalesce({_clean(width)}, FALSE)" if fast else "FALSE"} AS clean
+    FROM typed_values
 ), typed AS (
     SELECT {typed_text} FROM checked
+), extracted AS (
+    SELECT *, CASE WHEN NOT clean THEN {_FRAGMENTS} END AS fragments FROM typed
+), kinded AS (
+    SELECT *,
+        {_kind_columns()}
+    FROM extracted
 ), ruled AS (
-    SELECT *, {_rule_number(rules)} AS rule FROM typed
+    SELECT *, {_rule_number(rules)} AS rule FROM kinded
 )
 SELECT
     file_index, line_no,
