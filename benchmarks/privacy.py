@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/privacy.py timing   # gate time, 20k training rows, full curves
     .venv/bin/python benchmarks/privacy.py attacks  # membership table on bundled sklearn data
+    .venv/bin/python benchmarks/privacy.py lowfpr   # AUC and TPR at 10/1/0.1% FPR with CIs,
+                                                    # four served models, LiRA vs RMIA by refs
 
 Prints figures; asserts nothing.
 """
@@ -12,11 +14,12 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, make_classification
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
@@ -29,7 +32,7 @@ from audits.models import load_served_model  # noqa: E402
 from audits.privacy import Thresholds, membership, run_privacy_audit, write_gate_outputs  # noqa: E402
 from audits.privacy.data import LabelledSet  # noqa: E402
 
-ATTACKS = ("max_confidence", "loss", "modified_entropy", "lira_offline", "label_only")
+ATTACKS = membership.ATTACKS
 
 
 def models() -> dict:
@@ -71,12 +74,108 @@ def attacks_table() -> None:
                 metrics, _ = membership.membership_audit(model, train, holdout, seed=0)
                 acc = (model.predict(holdout.X) == holdout.y).mean()
                 cells = " | ".join(
-                    f"{metrics[a]['auc']:.3f} / {metrics[a]['tpr_at_1pct_fpr']:.3f}"
+                    f"{metrics[a]['auc']:.3f} / {_cell(metrics[a]['tpr_at_1pct_fpr'])}"
                     for a in ATTACKS
                 )
                 top = max(m["auc"] for m in metrics.values())
                 verdict = "fail" if top > 0.6 else "pass"
                 print(f"| {data_name} | {model_name} | {acc:.3f} | {cells} | {verdict} |")
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def low_fpr_models() -> dict:
+    """Served models of four kinds, leaky and tight, as (estimator factory, file format)."""
+    return {
+        "random forest, no bootstrap (leaky)": (
+            lambda: RandomForestClassifier(100, bootstrap=False, random_state=0, n_jobs=1),
+            "skops",
+        ),
+        "MLP, no regularisation (leaky)": (
+            lambda: make_pipeline(
+                StandardScaler(),
+                MLPClassifier((128,), alpha=0.0, max_iter=400, random_state=0),
+            ),
+            "onnx",
+        ),
+        "gradient boosting, deep trees (leaky)": (
+            lambda: HistGradientBoostingClassifier(
+                max_iter=300,
+                max_leaf_nodes=63,
+                min_samples_leaf=2,
+                early_stopping=False,
+                random_state=0,
+            ),
+            "skops",
+        ),
+        "logistic regression, C=0.01 (tight)": (
+            lambda: make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000)),
+            "onnx",
+        ),
+    }
+
+
+def save_served(path: Path, estimator, fmt: str, width: int):
+    """The fitted estimator as a .skops or .onnx file, loaded back as the gate loads models."""
+    if fmt == "skops":
+        return served(path.with_suffix(".skops"), estimator)
+    from skl2onnx import to_onnx
+
+    onx = to_onnx(estimator, np.zeros((1, width), dtype=np.float32), options={"zipmap": False})
+    path = path.with_suffix(".onnx")
+    path.write_bytes(onx.SerializeToString())
+    return load_served_model(path)
+
+
+def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
+    """Every attack's AUC and TPR at 10/1/0.1% FPR with 95% intervals (bootstrap for the AUC,
+    Clopper-Pearson for TPRs) on ``rows`` training and as many holdout rows, per served model;
+    LiRA and RMIA with each number of reference models."""
+    X, y = make_classification(
+        n_samples=2 * rows,
+        n_features=20,
+        n_informative=10,
+        n_classes=3,
+        flip_y=0.05,
+        class_sep=0.8,
+        random_state=seed,
+    )
+    Xa, Xb, ya, yb = train_test_split(X, y, train_size=rows, random_state=seed, stratify=y)
+    train, holdout = LabelledSet("train", Xa, ya, ()), LabelledSet("holdout", Xb, yb, ())
+    print(f"make_classification(seed={seed}): {rows} members, {len(holdout)} non-members\n")
+    print(
+        "| model | file | attack | refs | AUC (95% CI) | TPR@10% FPR | TPR@1% FPR | TPR@0.1% FPR |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (make, fmt) in low_fpr_models().items():
+            model = save_served(Path(tmp) / "m", make().fit(train.X, train.y), fmt, X.shape[1])
+            for k in references:
+                metrics, info = membership.membership_audit(
+                    model, train, holdout, seed=seed, reference_models=k
+                )
+                shown = (
+                    metrics
+                    if k == max(references)
+                    else {a: metrics[a] for a in membership.REFERENCE_ATTACKS if a in metrics}
+                )
+                for attack, m in shown.items():
+                    refs = k if attack in membership.REFERENCE_ATTACKS else "-"
+                    cells = " | ".join(_with_ci(m[key], m[f"{key}_ci"]) for key in FPR_KEYS)
+                    auc = f"{m['auc']:.3f} ({m['auc_ci'][0]:.3f}-{m['auc_ci'][1]:.3f})"
+                    print(f"| {name} | {fmt} | {attack} | {refs} | {auc} | {cells} |")
+                sys.stdout.flush()
+
+
+FPR_KEYS = ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
 
 
 def timing(rows: int) -> None:
@@ -114,11 +213,24 @@ def _say(message: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["timing", "attacks"], nargs="?", default="timing")
-    parser.add_argument("--rows", type=int, default=20_000, help="training rows for timing")
+    parser.add_argument(
+        "what", choices=["timing", "attacks", "lowfpr"], nargs="?", default="timing"
+    )
+    parser.add_argument("--rows", type=int, help="training rows (timing 20000, lowfpr 2500)")
+    parser.add_argument(
+        "--refs", default="1,2,4", help="reference-model counts for lowfpr (default 1,2,4)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="data seed for lowfpr (default 0)")
     args = parser.parse_args()
     np.seterr(all="ignore")
-    attacks_table() if args.what == "attacks" else timing(args.rows)
+    warnings.filterwarnings("ignore")
+    if args.what == "attacks":
+        attacks_table()
+    elif args.what == "lowfpr":
+        refs = tuple(sorted(int(k) for k in args.refs.split(",")))
+        low_fpr_table(args.rows or 2500, refs, args.seed)
+    else:
+        timing(args.rows or 20_000)
 
 
 if __name__ == "__main__":

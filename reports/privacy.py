@@ -19,6 +19,7 @@ ATTACK_LABELS = {
     "loss": "loss (Yeom)",
     "modified_entropy": "modified entropy",
     "lira_offline": "LiRA offline",
+    "rmia": "RMIA (offline)",
     "label_only": "label only (gap)",
 }
 GRANULARITY_LABELS = {
@@ -27,7 +28,7 @@ GRANULARITY_LABELS = {
     "randomised": "randomised (label-preserving noise)",
     "top1_label": "top-1 label only",
 }
-COLOURS = ("#1b6ca8", "#d1495b", "#e59500", "#3a9d23", "#6a4c93")
+COLOURS = ("#1b6ca8", "#d1495b", "#e59500", "#3a9d23", "#8c564b", "#6a4c93")
 FAMILY_STYLES = {"logistic_regression": "-", "gradient_boosting": "--", "mlp": ":"}
 
 

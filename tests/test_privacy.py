@@ -190,7 +190,7 @@ def test_stronger_attacks_beat_max_confidence_on_leaky_model(digits_forest_audit
 @pytest.mark.parametrize("dataset", ["digits", "cancer"])
 def test_gate_fails_leaky_forest_and_passes_regularised_logreg(request, dataset):
     train, holdout = request.getfixturevalue(dataset)
-    thresholds = Thresholds(max_membership_auc=0.6)
+    thresholds = Thresholds(max_membership_auc=0.6, max_fidelity=None)
     forest = run_privacy_audit(
         served(leaky_forest(train)), train, holdout, thresholds=thresholds, **FAST
     )
@@ -199,6 +199,8 @@ def test_gate_fails_leaky_forest_and_passes_regularised_logreg(request, dataset)
     )
     assert not forest["passed"] and forest["membership_auc"] > 0.6
     assert logreg["passed"] and logreg["membership_auc"] <= 0.6
+    assert forest["verdicts"] == {"membership": "fail", "extraction": "not_gated"}
+    assert logreg["verdicts"] == {"membership": "pass", "extraction": "not_gated"}
 
 
 def test_label_only_model_runs_label_only_paths(cancer):
@@ -279,7 +281,9 @@ def test_report_is_self_contained_deterministic_and_escaped(digits_forest_audit)
     assert "FAIL" in html and "Recommendation" in html and "@media print" in html
 
 
-def test_onnx_model_audit_skips_lira_with_reason(tmp_path, cancer):
+def test_onnx_model_gets_reference_attacks_from_a_stand_in_family(tmp_path, cancer):
+    """An ONNX graph cannot be re-fitted: LiRA and RMIA use reference models of the family
+    its graph shows (a linear classifier here), and say so."""
     from skl2onnx import to_onnx
 
     from audits.models import load_served_model
@@ -287,7 +291,74 @@ def test_onnx_model_audit_skips_lira_with_reason(tmp_path, cancer):
     train, holdout = cancer
     onx = to_onnx(regularised_logreg(train), train.X[:1].astype(np.float32))
     (tmp_path / "m.onnx").write_bytes(onx.SerializeToString())
-    result = run_privacy_audit(load_served_model(tmp_path / "m.onnx"), train, holdout, **FAST)
-    assert "lira_offline" not in result["membership"]
-    assert "scikit-learn estimator" in result["membership_info"]["skipped"]["lira_offline"]
-    assert result["passed"]
+    result = run_privacy_audit(
+        load_served_model(tmp_path / "m.onnx"),
+        train,
+        holdout,
+        thresholds=Thresholds(max_fidelity=None),
+        **FAST,
+    )
+    assert {"lira_offline", "rmia"} <= set(result["membership"])
+    assert result["membership_info"]["reference_family"] == "logistic_regression"
+    assert result["membership_info"]["skipped"] == {}
+    assert result["membership_auc"] < 0.6 and result["passed"]
+
+
+# --- RMIA, intervals, classes -------------------------------------------------------------
+
+
+def test_rmia_score_is_the_pairwise_share_of_dominated_population_rows():
+    rng = np.random.default_rng(1)
+    target_x, target_z = rng.uniform(0.05, 1, 40), rng.uniform(0.05, 1, 30)
+    ref_x, ref_z = rng.uniform(0.05, 1, (3, 40)), rng.uniform(0.05, 1, (3, 30))
+    out_x, out_z = rng.random((3, 40)) > 0.3, np.ones((3, 30), bool)
+    out_x[0] = True  # every row has an OUT model
+    a = 0.4
+    scores = membership.rmia_scores(target_x, ref_x, out_x, target_z, ref_z, out_z, a)
+
+    def marginal(p, out):
+        return (1 + a) / 2 * np.array([p[o, i].mean() for i, o in enumerate(out.T)]) + (1 - a) / 2
+
+    ratio_x = target_x / marginal(ref_x, out_x)
+    ratio_z = target_z / marginal(ref_z, out_z)
+    share = (ratio_x[:, None] / ratio_z[None, :] > 1).mean(axis=1)
+    np.testing.assert_allclose(np.floor(scores * 30 + 1e-9) / 30, share, atol=1e-12)
+    assert (np.argsort(scores) == np.argsort(ratio_x)).all()
+
+
+def test_rmia_runs_with_one_reference_model(digits):
+    train, holdout = digits
+    model = served(leaky_forest(train))
+    metrics, info = membership.membership_audit(model, train, holdout, reference_models=1)
+    assert info["reference_models"] == 1 and info["rmia_a"] == membership.RMIA_DEFAULT_A
+    assert metrics["rmia"]["auc"] > metrics["max_confidence"]["auc"]
+
+
+def test_rmia_beats_max_confidence_on_leaky_model(digits_forest_audit):
+    m = digits_forest_audit["membership"]
+    assert m["rmia"]["auc"] > m["max_confidence"]["auc"]
+    assert m["rmia"]["tpr_at_1pct_fpr"] > m["max_confidence"]["tpr_at_1pct_fpr"]
+    assert 0.0 <= digits_forest_audit["membership_info"]["rmia_a"] <= 1.0
+
+
+def test_tpr_intervals_are_clopper_pearson(digits_forest_audit):
+    from scipy.stats import beta
+
+    n = digits_forest_audit["membership_info"]["members"]
+    for row in digits_forest_audit["membership_rows"]:
+        tpr, (low, high) = row["tpr_at_10pct_fpr"], row["tpr_at_10pct_fpr_ci"]
+        k = round(tpr * n)
+        assert low == pytest.approx(0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1))
+        assert high == pytest.approx(1.0 if k == n else beta.ppf(0.975, k + 1, n - k))
+        assert low <= tpr <= high
+    assert digits_forest_audit["membership"]["rmia"]["tpr_at_0_1pct_fpr_ci"] is None
+
+
+def test_per_class_leakage_covers_every_class(digits_forest_audit):
+    rows = digits_forest_audit["membership_by_class"]
+    assert [r["class"] for r in rows] == list(range(10))
+    assert sum(r["members"] for r in rows) == digits_forest_audit["membership_info"]["members"]
+    for row in rows:
+        assert row["top_attack"] in digits_forest_audit["membership"]
+        assert row["auc"] == max(m["auc"] for m in row["attacks"].values())
+        assert 0.5 < row["auc"] <= 1.0  # a forest without bootstrap leaks in every class

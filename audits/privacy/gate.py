@@ -1,8 +1,10 @@
 """The pre-release privacy gate: one audit, three outputs (JSON, JUnit XML, HTML report).
 
-``run_privacy_audit`` measures membership leakage and extraction risk and compares them with
-the thresholds; ``write_gate_outputs`` writes ``privacy_audit.json``, ``junit.xml`` (one
-testcase per threshold, for CI systems) and ``privacy_report.html``.
+``run_privacy_audit`` measures membership leakage and extraction risk and judges both risks
+against the thresholds (by default: membership AUC at most 0.6, and no surrogate reaching 0.9
+fidelity within 1,000 queries); ``write_gate_outputs`` writes ``privacy_audit.json`` (with a
+verdict per risk), ``junit.xml`` (one testcase per risk, for CI systems) and
+``privacy_report.html``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ JSON_NAME = "privacy_audit.json"
 JUNIT_NAME = "junit.xml"
 HTML_NAME = "privacy_report.html"
 DEFAULT_QUERY_BUDGET = 1000
+DEFAULT_MAX_MEMBERSHIP_AUC = 0.6
+DEFAULT_MAX_FIDELITY = 0.9  # a copy agreeing on 9 in 10 answers is a working substitute
+RISKS = {"membership_auc": "membership", "surrogate_fidelity": "extraction"}
 
 Progress = Callable[[str], None] | None
 DataArg = str | Path | pl.DataFrame | LabelledSet
@@ -32,10 +37,11 @@ DataArg = str | Path | pl.DataFrame | LabelledSet
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Gate limits: the highest membership AUC allowed and, optionally, the highest fidelity."""
+    """Gate limits: the highest membership AUC allowed and the highest surrogate fidelity
+    allowed within the query budget (``None``: extraction not gated)."""
 
-    max_membership_auc: float = 0.6
-    max_fidelity: float | None = None
+    max_membership_auc: float = DEFAULT_MAX_MEMBERSHIP_AUC
+    max_fidelity: float | None = DEFAULT_MAX_FIDELITY
 
     def __post_init__(self):
         if not 0.0 <= self.max_membership_auc <= 1.0:
@@ -64,6 +70,8 @@ def run_privacy_audit(
     if query_budget < 1:
         raise InputError(f"--query-budget must be a positive number of queries, got {query_budget}")
     train_set, holdout_set = _labelled(model, train, holdout, label_column)
+    for data in (train_set, holdout_set):
+        _require_two_classes(data, model.classes_)
     started = time.perf_counter()
     result = {
         "model": _model_info(model),
@@ -86,6 +94,7 @@ def run_privacy_audit(
     result.update(
         thresholds=asdict(thresholds),
         checks=checks,
+        verdicts=risk_verdicts(checks),
         passed=all(c["passed"] is not False for c in checks),
     )
     if progress:
@@ -98,6 +107,18 @@ def _labelled(model, train: DataArg, holdout: DataArg, label_column: str):
     if isinstance(train, str | Path) and isinstance(holdout, str | Path):
         return load_sets(train, holdout, **kwargs)
     return _as_set(train, "training data", kwargs), _as_set(holdout, "holdout data", kwargs)
+
+
+def _require_two_classes(data: LabelledSet, classes: np.ndarray) -> None:
+    """Membership needs both sides to hold several classes: with one class in the training
+    data, members differ from non-members by their label, not by being trained on."""
+    present = np.unique(data.y)
+    if len(present) < 2:
+        label = classes[present[0]] if len(present) else "none"
+        raise InputError(
+            f"{data.name} holds a single label class ({label}): the privacy gate needs "
+            "training and holdout rows of at least two classes"
+        )
 
 
 def _as_set(data: DataArg, name: str, kwargs: dict) -> LabelledSet:
@@ -132,9 +153,22 @@ def _membership_section(model, train, holdout, seed: int, progress: Progress) ->
         "membership": metrics,
         "membership_auc": metrics[top]["auc"],
         "membership_auc_attack": top,
+        "membership_by_class": info.pop("by_class"),
+        "membership_rows": membership_rows(metrics),
         "membership_info": info,
         "roc_curves": roc,
     }
+
+
+def membership_rows(metrics: dict) -> list[dict]:
+    """One flat row per attack for tables: AUC and TPR at 10/1/0.1% FPR with intervals."""
+    rows = []
+    for name, m in metrics.items():
+        row = {"attack": name, "auc": m["auc"], "auc_ci": m["auc_ci"]}
+        for key in membership.FPR_TARGETS:
+            row[key], row[f"{key}_ci"] = m[key], m[f"{key}_ci"]
+        rows.append(row)
+    return rows
 
 
 def _extraction_section(model, holdout, budget, budgets, families, seed, progress) -> dict:
@@ -162,11 +196,12 @@ def _extraction_section(model, holdout, budget, budgets, families, seed, progres
 
 
 def gate_checks(result: dict, thresholds: Thresholds) -> list[dict]:
-    """One check per threshold; an unset threshold is reported with ``passed: None``."""
+    """One check per risk (membership, extraction); an unset threshold gives ``passed: None``."""
     auc = result["membership_auc"]
     checks = [
         {
             "name": "membership_auc",
+            "risk": "membership",
             "value": auc,
             "threshold": thresholds.max_membership_auc,
             "passed": auc <= thresholds.max_membership_auc,
@@ -179,14 +214,22 @@ def gate_checks(result: dict, thresholds: Thresholds) -> list[dict]:
     checks.append(
         {
             "name": "surrogate_fidelity",
+            "risk": "extraction",
             "value": fidelity,
             "threshold": limit,
-            "passed": None if limit is None else fidelity <= limit,
+            "passed": None if limit is None else fidelity < limit,
             "detail": f"best surrogate fidelity after {result['query_budget']} queries "
-            f"{fidelity:.3f}" + ("" if limit is None else f" vs max {limit}"),
+            f"{fidelity:.3f} ({result['surrogate']['family']}, {result['surrogate']['source']} "
+            "queries)" + (" (not gated)" if limit is None else f" vs max {limit}"),
         }
     )
     return checks
+
+
+def risk_verdicts(checks: list[dict]) -> dict[str, str]:
+    """``{"membership": "pass"|"fail", "extraction": "pass"|"fail"|"not_gated"}``."""
+    words = {True: "pass", False: "fail", None: "not_gated"}
+    return {check["risk"]: words[check["passed"]] for check in checks}
 
 
 def write_gate_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -206,7 +249,7 @@ def write_gate_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
 
 
 def junit_xml(result: dict) -> bytes:
-    """JUnit XML with one testcase per threshold (skipped when the threshold is unset)."""
+    """JUnit XML with one testcase per risk (skipped when its threshold is unset)."""
     checks = result["checks"]
     suite = ET.Element(
         "testsuite",
@@ -224,7 +267,7 @@ def junit_xml(result: dict) -> bytes:
             "testcase",
             {
                 "classname": "stealwatch.privacy_gate",
-                "name": check["name"],
+                "name": check.get("risk", check["name"]),
             },
         )
         if check["passed"] is False:

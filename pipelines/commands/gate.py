@@ -1,21 +1,30 @@
-"""``stealwatch gate``: the pre-release privacy gate (exit 0 pass, 1 fail, 2 usage/input error)."""
+"""``stealwatch gate``: the pre-release privacy gate (exit 0 pass, 1 fail, 2 usage/input error).
+
+Library warnings raised during the audit (scikit-learn convergence warnings and the like) go to
+``gate.log`` in the output folder, never to the console: a CI log shows the verdicts only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from audits.errors import InputError
 from pipelines.commands.outputs import output_folder
+
+LOG_NAME = "gate.log"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "gate",
         help="privacy audit and release gate of a model before it is served",
-        description="Measure membership leakage (five attacks) and extraction risk (surrogate "
-        "fidelity vs query budget) of a model; fail when a threshold is exceeded. Writes "
-        "privacy_audit.json, junit.xml and privacy_report.html into --out.",
+        description="Measure membership leakage (six attacks, RMIA and LiRA among them) and "
+        "extraction risk (surrogate fidelity vs query budget) of a model; judge both risks and "
+        "fail when either threshold is reached. Writes privacy_audit.json, junit.xml (one case "
+        "per risk), privacy_report.html and gate.log (library warnings) into --out.",
     )
     parser.add_argument("--model", required=True, help="model file: .skops, .onnx, or a pickle")
     parser.add_argument("--train", required=True, help="training data (Parquet/CSV)")
@@ -29,9 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-fidelity",
-        type=float,
-        default=None,
-        help="fail when a surrogate reaches this fidelity at --query-budget (default: not gated)",
+        type=parse_max_fidelity,
+        default="0.9",  # audits.privacy.gate.DEFAULT_MAX_FIDELITY (not imported: CLI start-up)
+        help="fail when a surrogate reaches this fidelity within --query-budget queries "
+        "(default: 0.9); 'none' leaves extraction not gated",
     )
     parser.add_argument(
         "--query-budget",
@@ -55,6 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def parse_max_fidelity(text: str) -> float | None:
+    """A fidelity bar in [0, 1], or ``none`` for no extraction gate."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, 1] or 'none', got {text!r}"
+        ) from None
+
+
 def parse_budgets(text: str) -> tuple[int, ...]:
     """``"100,300,1000"`` as positive integers."""
     try:
@@ -67,31 +89,55 @@ def parse_budgets(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Audit, write the outputs, print one verdict line per risk; the exit code."""
     from audits.models import load_served_model
     from audits.privacy import Thresholds, run_privacy_audit, write_gate_outputs
 
     output_folder(args.out)  # before the run: exit 1 must only mean "threshold exceeded"
     thresholds = Thresholds(args.max_membership_auc, args.max_fidelity)
     budgets = parse_budgets(args.budgets)
-    model = load_served_model(args.model, trust_pickle=args.trust_pickle)
-    result = run_privacy_audit(
-        model,
-        args.train,
-        args.holdout,
-        label_column=args.label_column,
-        thresholds=thresholds,
-        query_budget=args.query_budget,
-        budgets=budgets,
-        seed=args.seed,
-        progress=None if args.quiet else _progress,
-    )
-    paths = write_gate_outputs(result, args.out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        model = load_served_model(args.model, trust_pickle=args.trust_pickle)
+        result = run_privacy_audit(
+            model,
+            args.train,
+            args.holdout,
+            label_column=args.label_column,
+            thresholds=thresholds,
+            query_budget=args.query_budget,
+            budgets=budgets,
+            seed=args.seed,
+            progress=None if args.quiet else _progress,
+        )
+        paths = write_gate_outputs(result, args.out)
+    log = write_warning_log(caught, Path(args.out))
     for check in result["checks"]:
-        verdict = {True: "pass", False: "FAIL", None: "info"}[check["passed"]]
-        print(f"stealwatch: {verdict}: {check['detail']}", file=sys.stderr)
-    print(f"stealwatch: gate {'passed' if result['passed'] else 'FAILED'}", file=sys.stderr)
+        verdict = {True: "pass", False: "FAIL", None: "not gated"}[check["passed"]]
+        print(f"stealwatch: {check['risk']}: {verdict}: {check['detail']}", file=sys.stderr)
+    if caught:
+        print(f"stealwatch: {len(caught)} library warning(s) in {log}", file=sys.stderr)
+    print(f"stealwatch: gate {summary(result['verdicts'])}", file=sys.stderr)
     print(paths["html"])
     return 0 if result["passed"] else 1
+
+
+def summary(verdicts: dict[str, str]) -> str:
+    """``passed`` or ``FAILED``, then each risk's verdict: ``FAILED (membership pass, ...)``."""
+    failed = any(v == "fail" for v in verdicts.values())
+    each = ", ".join(f"{risk} {verdict.replace('_', ' ')}" for risk, verdict in verdicts.items())
+    return f"{'FAILED' if failed else 'passed'} ({each})"
+
+
+def write_warning_log(caught: list[warnings.WarningMessage], out: Path) -> Path:
+    """Every warning the audit raised, one block per warning, in ``out/gate.log``."""
+    path = out / LOG_NAME
+    lines = [
+        warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip("\n")
+        for w in caught
+    ]
+    path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    return path
 
 
 def _progress(message: str) -> None:
