@@ -41,10 +41,23 @@ class ArchiveFile:
     format: str  # "jsonl" | "parquet"
     day: dt.date
     kind: str = "canonical"  # the reader: canonical, sagemaker, kserve or mapped
+    note: str | None = None  # what custody must know before reading: an odd name or link
 
     @property
     def compressed(self) -> bool:
         return self.path.name.endswith(".gz")
+
+    @property
+    def text(self) -> str:
+        """The path as custody records and progress lines show it (:func:`path_text`)."""
+        return path_text(self.path)
+
+
+def path_text(path: Path) -> str:
+    """A path as text that any UTF-8 sink takes: bytes of a name that are not UTF-8 are
+    written as ``\\xNN`` escapes (Python keeps them as lone surrogates, which DuckDB, Arrow
+    and the console refuse)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def file_format(path: Path) -> str | None:
@@ -87,13 +100,30 @@ def scan_archive(
             if path.name not in _IGNORED_NAMES and not path.name.startswith("."):
                 skipped.append(path)
             continue
-        stat = path.stat()
+        stat = path.stat() if path.exists() else path.lstat()  # a dangling link: the link's
         relative = path.relative_to(root).as_posix() if path != root else path.name
         first = _first_line(path) if fmt == "jsonl" else ""
         kind = kind_of(first, log_format, mapping) if fmt == "jsonl" else "canonical"
         day = day_from_path(relative) or _first_event_day(path, fmt) or _mtime_day(stat)
-        files.append(ArchiveFile(path, stat.st_size, stat.st_mtime_ns, fmt, day, kind))
+        note = custody_note(root, path)
+        files.append(ArchiveFile(path, stat.st_size, stat.st_mtime_ns, fmt, day, kind, note))
     return files, skipped
+
+
+def custody_note(root: Path, path: Path) -> str | None:
+    """What custody must record about a file beyond its bytes: a name that is not UTF-8, a
+    dangling symlink, or a symlink whose target lies outside the archive (the target is
+    recorded; the sha256 custody keeps is the target's)."""
+    notes = []
+    if path_text(path) != str(path):
+        notes.append("file name is not UTF-8 (recorded with \\x escapes)")
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if not target.exists():
+            notes.append(f"a symlink to {path_text(target)}, which does not exist")
+        elif not target.is_relative_to(Path(os.path.realpath(root))):
+            notes.append(f"a symlink to {path_text(target)}, outside the archive")
+    return "; ".join(notes) or None
 
 
 def _first_line(path: Path) -> str:
@@ -140,7 +170,7 @@ def _first_event_day(path: Path, fmt: str) -> dt.date | None:
                 day = _day_of_line(line)
                 if day:
                     return day
-    except (OSError, EOFError, zlib.error):
+    except (OSError, EOFError, zlib.error, ValueError):  # ValueError: not Parquet at all
         return None
     return None
 

@@ -148,12 +148,20 @@ _READ_THREADS = 4
 
 
 def read_raw(file: ArchiveFile) -> RawFile:
-    """Read a file once: hash its bytes, recover what a cut gzip holds, split lines."""
-    raw = file.path.read_bytes()
+    """Read a file once: hash its bytes, recover what a cut gzip holds, split lines. A file
+    that cannot be read (a dangling link, a CSV named ``.parquet``) has no lines and its
+    damage says why; the file's ``note`` (an odd name or link) is part of its damage."""
+    try:
+        raw = file.path.read_bytes()
+    except OSError as exc:
+        return _unreadable(file, b"", f"unreadable: {exc.strerror or exc}")
     digest = hashlib.sha256(raw).hexdigest()
     if file.format == "parquet":
-        lines = _parquet_lines(duckdb.connect(), file.path)
-        return RawFile(_with_flags(lines, None, None), digest, len(raw), None)
+        try:
+            lines = _parquet_lines(duckdb.connect(), file.path)
+        except duckdb.Error as exc:
+            return _unreadable(file, raw, f"not a readable Parquet file ({_first_line(exc)})")
+        return RawFile(_with_flags(lines, None, None), digest, len(raw), file.note)
     damage = None
     data = raw
     if file.compressed and raw.startswith(GZIP_MAGIC):
@@ -164,7 +172,19 @@ def read_raw(file: ArchiveFile) -> RawFile:
         data = data[len(_BOM) :]
     lines, bad_utf8 = split_lines(data)
     cut_line = lines.num_rows if damage and data and not data.endswith(b"\n") else None
-    return RawFile(_with_flags(lines, cut_line, bad_utf8), digest, len(raw), damage)
+    flagged = _with_flags(lines, cut_line, bad_utf8)
+    return RawFile(flagged, digest, len(raw), _joined(file.note, damage))
+
+
+def _unreadable(file: ArchiveFile, raw: bytes, damage: str) -> RawFile:
+    """A file of no lines, with its custody facts and why nothing was read."""
+    empty = pa.table({"line_no": pa.array([], pa.int64()), "text": pa.array([], pa.large_string())})
+    digest = hashlib.sha256(raw).hexdigest()
+    return RawFile(_with_flags(empty, None, None), digest, len(raw), _joined(file.note, damage))
+
+
+def _joined(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
 
 
 def _with_flags(lines: pa.Table, cut_line: int | None, bad_utf8: np.ndarray | None) -> pa.Table:
@@ -246,7 +266,7 @@ def read_day(files: Sequence[ArchiveFile], say: Progress | None = None) -> DayRe
         raws = list(pool.map(read_raw, files))
     for file, raw in zip(files, raws, strict=True):
         if raw.damage and say:
-            say(f"{file.path}: {raw.damage}; keeping the {raw.lines.num_rows} lines before it")
+            say(f"{file.text}: {raw.damage}; keeping the {raw.lines.num_rows} lines read")
     tables = [
         raw.lines.add_column(0, "file_index", pa.array(np.full(raw.lines.num_rows, i, np.int32)))
         for i, raw in enumerate(raws)
@@ -356,7 +376,7 @@ def ingest_chunk(
     paths = pa.table(
         {
             "file_index": pa.array(range(len(files)), pa.int32()),
-            "source_file": pa.array([str(f.path) for f in files], pa.string()),
+            "source_file": pa.array([f.text for f in files], pa.string()),
             "partition_day": pa.array([d.day for d in days for _ in d.files], pa.date32()),
         }
     )
@@ -637,7 +657,7 @@ def _count_outcomes(
     """Per-file counts, and rejects by reason per day; duplicates are the valid records not
     stored."""
     results = [
-        FileResult(str(f.path), damage=r.damage, sha256=r.sha256, size_bytes=r.size_bytes)
+        FileResult(f.text, damage=r.damage, sha256=r.sha256, size_bytes=r.size_bytes)
         for f, r in zip(files, raws, strict=True)
     ]
     if not files:
