@@ -196,7 +196,7 @@ def confidence_trend(
         for day in flagged:
             ax.axvspan(day - 0.4, day + 0.4, color="#fde2e0", zorder=0)
         ax.set_ylim(bottom=0)
-        ax.legend(frameon=False, fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ks_ax.set_ylabel("KS statistic")
     share_ax.set_ylabel("low-margin share")
     step = max(1, len(days) // 10)

@@ -78,8 +78,12 @@ def test_the_console_check_can_fail(chromium: str, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def demo_audit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated archive with Sybil groups and canaries, audited with the privacy gate
-    (on short query budgets)."""
+    (on short query budgets). ``STEALWATCH_DEMO_AUDIT=DIR`` reuses the audit folder an earlier
+    run of this fixture made (its ``audit/``), to iterate on the pages."""
     from audits.simulation import simulate
+
+    if os.environ.get("STEALWATCH_DEMO_AUDIT"):
+        return Path(os.environ["STEALWATCH_DEMO_AUDIT"])
 
     root = tmp_path_factory.mktemp("demo")
     archive = root / "archive"
@@ -139,7 +143,8 @@ def test_demo_pages_render_without_console_errors(
 
 
 def _hrefs(page: Path) -> list[str]:
-    return re.findall(r'href="([^"#]+)"', page.read_text())
+    """The targets of the page's links (not the charts' embedded images)."""
+    return re.findall(r'<a href="([^"#]+)"', page.read_text())
 
 
 def test_every_incident_row_links_to_a_page_and_every_page_links_back(

@@ -220,3 +220,22 @@ def test_charts_keep_text_as_text_with_an_alternative_and_unique_ids() -> None:
         assert 'role="img"' in svg and "<title>" in svg and "<text" in svg
     assert len(svgs[0]) < 120_000  # 5,000 points drawn as one raster layer, not 5,000 paths
     assert "<image" in svgs[0]
+
+
+# ---------------------------------------------------------------- the Dagster UI's instance
+
+
+def test_a_cli_audit_is_recorded_in_the_dagster_home_instance(tmp_path: Path, monkeypatch) -> None:
+    from dagster import AssetKey, DagsterInstance
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    root = tmp_path / "logs"
+    lines = [json.dumps(make_record("2026-11-01", i, user=f"u{i % 9}")) for i in range(200)]
+    write_jsonl(root / "dt=2026-11-01" / "a.jsonl.gz", lines)
+    assert main(["audit", "--logs", str(root), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    with DagsterInstance.get() as instance:
+        assert instance.get_latest_materialization_event(AssetKey("report")) is not None
+        assert instance.get_runs()  # the run the UI lists
