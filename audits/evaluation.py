@@ -74,6 +74,15 @@ def evaluate(
     out["benign_flagged_per_kind"] = {
         k: int(flagged[(kinds == k) & ~y].sum()) for k in sorted(set(kinds[~y]))
     }
+    out["family_counts"] = {
+        k: {"users": int((kinds == k).sum()), "flagged": int(flagged[kinds == k].sum())}
+        for k in sorted(set(kinds))
+    }
+    out["family_roc_auc"] = {
+        k: float(roc_auc_score(np.r_[np.ones(m.sum()), np.zeros((~y).sum())], np.r_[s[m], s[~y]]))
+        for k in sorted(set(kinds[y]))
+        if (m := (kinds == k) & y).any() and (~y).any()
+    }
     if "first_cross_n" in j.columns:
         delay = j.filter(pl.col("role") == "attacker")["first_cross_n"].drop_nulls()
         out["detection_delay_queries"] = {
@@ -82,6 +91,35 @@ def evaluate(
             "detected": int(delay.len()),
         }
     return out
+
+
+def family_table(result: dict) -> str:
+    """The per-family view of an :func:`evaluate` result as aligned text: each attack family's
+    flagged share and AUC against all benign users, then each benign kind's flagged share."""
+    counts, aucs = result["family_counts"], result.get("family_roc_auc", {})
+    lines = [
+        f"users {result['users']}, attackers {result['attackers']}: ROC AUC "
+        f"{_fmt(result['roc_auc'])}, TPR at 1% FPR {_fmt(result['tpr_at_1pct_fpr'])}, "
+        f"flagged {result['flagged']}",
+        f"{'attack family':<20} {'users':>6} {'flagged':>8} {'recall':>7} {'AUC':>6}",
+    ]
+    for kind in result["recall_per_family"]:
+        c = counts[kind]
+        lines.append(
+            f"{kind:<20} {c['users']:>6} {c['flagged']:>8} {c['flagged'] / c['users']:>7.2f} "
+            f"{_fmt(aucs.get(kind)):>6}"
+        )
+    lines.append(f"{'benign kind':<20} {'users':>6} {'flagged':>8} {'share':>7}")
+    for kind in result["benign_flagged_per_kind"]:
+        c = counts[kind]
+        lines.append(
+            f"{kind:<20} {c['users']:>6} {c['flagged']:>8} {c['flagged'] / c['users']:>7.1%}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def events_from_archive(logs: str | Path, days: Iterable[str] | None = None) -> pl.DataFrame:

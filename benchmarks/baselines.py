@@ -60,7 +60,8 @@ def prada_scores(events: pl.DataFrame) -> pl.DataFrame:
             Xc = Xu[pu == c]
             if len(Xc) < 2:
                 continue
-            d2 = ((Xc[:, None, :] - Xc[None, :, :]) ** 2).sum(axis=2)
+            sq = (Xc**2).sum(axis=1)  # |a-b|^2 without an (n, n, width) array
+            d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * Xc @ Xc.T, 0.0)
             d2[np.triu_indices(len(Xc))] = np.inf
             dists.append(np.sqrt(d2[1:].min(axis=1)))
         d = np.concatenate(dists) if dists else np.zeros(0)

@@ -58,8 +58,19 @@ def test_command_prints_json(tmp_path, capsys):
     scores, truth = tmp_path / "s.parquet", tmp_path / "t.json"
     _scores().write_parquet(scores)
     truth.write_text(json.dumps(TRUTH))
-    assert command.run(argparse.Namespace(scores=str(scores), truth=str(truth))) == 0
+    assert command.run(argparse.Namespace(scores=str(scores), truth=str(truth), json=True)) == 0
     assert json.loads(capsys.readouterr().out)["roc_auc"] == 1.0
+
+
+def test_command_prints_the_family_table(tmp_path, capsys):
+    scores, truth = tmp_path / "s.parquet", tmp_path / "t.json"
+    _scores(flag_batch=True).write_parquet(scores)
+    truth.write_text(json.dumps(TRUTH))
+    assert command.run(argparse.Namespace(scores=str(scores), truth=str(truth))) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["uniform"][:3] == ["1", "1", "1.00"]  # users, flagged, recall
+    assert rows["jbda"][:3] == ["1", "0", "0.00"]
+    assert rows["batch_rescoring"][:2] == ["1", "1"]
 
 
 def test_command_input_errors(tmp_path):

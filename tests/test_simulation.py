@@ -243,7 +243,7 @@ def test_faults_expected_ingest_is_exact(faulty, sim) -> None:
 def test_same_seed_same_bytes_through_the_cli(sim, tmp_path, with_simulate, capsys) -> None:
     root, _ = sim
     out = tmp_path / "again"
-    argv = ["simulate", "--out", str(out), "--quiet"]
+    argv = ["simulate", "--out", str(out), "--quiet", "--domain", "default"]
     argv += [x for k, v in ARGS.items() for x in (f"--{k}", str(v))]
     assert with_simulate(argv) == 0
     assert str(out / "truth.json") in capsys.readouterr().out

@@ -13,11 +13,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="compare user scores with ground truth (simulated archives)",
-        description="Print JSON: ROC AUC, TPR at 1%% FPR, precision@k, recall per attack "
-        "family, flagged TPR/FPR, benign kinds flagged and detection delay.",
+        description="Print ROC AUC, TPR at 1%% FPR and a table per attack family (users, "
+        "flagged, recall, AUC against all benign users) and per benign kind (flagged share); "
+        "--json prints every figure (precision@k, flagged TPR/FPR, detection delay) as JSON.",
     )
     parser.add_argument("--scores", required=True, help="user_scores.parquet from an audit")
     parser.add_argument("--truth", required=True, help="truth.json of a simulated archive")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     parser.set_defaults(handler=run)
 
 
@@ -42,12 +44,12 @@ def _load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from audits.evaluation import evaluate
+    from audits.evaluation import evaluate, family_table
 
     scores, truth = _load(args)
     try:
         result = evaluate(scores, truth)
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"cannot evaluate {args.scores} against {args.truth}: {exc}") from None
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if getattr(args, "json", False) else family_table(result))
     return 0

@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sagemaker (Data Capture in OUT/sagemaker, gateway access logs in OUT/gateway), "
         "kserve (CloudEvents in OUT/kserve)",
     )
+    parser.add_argument(
+        "--domain",
+        default="default",
+        help="the served task: default (the original 12-column simulator), or one of the "
+        "extra domains wine, sensor, credit, cancer, digits, text (docs/simulation.md)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(handler=run)
 
@@ -70,15 +76,21 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[{time.monotonic() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    truth = simulate(
-        args.out,
-        seed=args.seed,
-        days=args.days,
-        users=args.users,
-        faults=args.faults,
-        start=args.start,
-        progress=say,
-    )
+    options = {
+        "seed": args.seed,
+        "days": args.days,
+        "users": args.users,
+        "faults": args.faults,
+        "start": args.start,
+        "progress": say,
+    }
+    domain = getattr(args, "domain", "default")
+    if domain == "default":
+        truth = simulate(args.out, **options)
+    else:
+        from audits.simulation.domains import simulate_domain
+
+        truth = simulate_domain(args.out, domain, **options)
     out = Path(args.out)
     for name in formats:
         say(f"writing the traffic as {name} logs")
