@@ -169,7 +169,11 @@ def user_scores(
         if features.height == 0:
             features = None
         source = DuckDBSource(con, window)
-        _, scores, summary = audit_scores(source, reference, features=features)
+        _, scores, summary = audit_scores(
+            source, reference, features=features, fp_budget=audit.fp_budget
+        )
+        if summary["warning"]:
+            context.log.warning(summary["warning"])
         _replace(con, "user_scores", USER_SCORES_DDL, scores, window)
         groups = summary["groups"].with_columns(
             pl.lit(summary["threshold"]).alias("threshold"),
@@ -185,6 +189,9 @@ def user_scores(
             "flagged": flagged.height,
             "threshold": float(summary["threshold"]),
             "threshold_method": summary["threshold_method"],
+            "fp_budget": float(summary["fp_budget"]),
+            "flagged_share": float(summary["flagged_share"]),
+            "warning": summary["warning"] or "",
             "groups": groups.height,
             "flagged_groups": int(groups["flagged"].sum()) if groups.height else 0,
             "path": str(path),

@@ -125,6 +125,9 @@ class Reference:
         # typical distance of a reference row to its nearest other reference row
         d, _ = self.tree.query(Z[: min(len(Z), 1000)], k=2)
         self.nn_scale = float(np.median(d[:, 1])) or 1.0
+        # each reference row's own nearest other row, in nn_scale units: what queries drawn
+        # from the reference data show (the null of ``ref_nn_dist``)
+        self.nn_loo = d[:, 1] / self.nn_scale
         _, s, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
         share = np.cumsum(s**2) / max(float(np.sum(s**2)), 1e-12)
         k = int(np.searchsorted(share, MANIFOLD_VARIANCE) + 1)
@@ -132,6 +135,7 @@ class Reference:
         self.center = Z.mean(axis=0)
         res = self.residual(Z[: min(len(Z), 2000)])
         self.residual_scale = float(np.median(res)) or 1.0
+        self.residual_loo = res / self.residual_scale  # the null of ``manifold_residual``
         self.cells = _kmeans(Z, min(COVERAGE_CELLS, len(Z)), rng)
 
     @property
@@ -322,7 +326,7 @@ def _prada(Zu: np.ndarray, rng: np.random.Generator) -> tuple[float, float, floa
     )
 
 
-def _entropy(counts: np.ndarray) -> float:
+def entropy(counts: np.ndarray) -> float:
     counts = counts[counts > 0]
     if counts.sum() == 0:
         return 0.0
@@ -396,7 +400,7 @@ def geometry_features(
                 "manifold_residual": float(np.median(ref.residual(sample)) / ref.residual_scale),
                 "out_of_range_share": float(out_of_range),
                 "coverage": float((cell_counts > 0).sum() / len(cov_s)),
-                "cell_entropy": _entropy(cell_counts) / math.log(len(ref.cells)),
+                "cell_entropy": entropy(cell_counts) / math.log(len(ref.cells)),
             }
         )
     return pl.DataFrame(rows, schema=_GEOMETRY_SCHEMA)
@@ -451,7 +455,7 @@ def response_features(events: pl.LazyFrame) -> pl.LazyFrame:
 def _class_stats(counts) -> list[float]:
     c = np.asarray(list(counts), dtype=np.float64)
     k = max(len(c), 1)
-    h = _entropy(c)
+    h = entropy(c)
     # normalised by the entropy of a uniform mix over 4 classes at least (a user who saw one
     # class cannot reach 1)
     norm = math.log(max(k, 4))

@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
 
-from audits.detectors import EXTRACTION_SIGNALS, DetectorSuite
+from audits.detectors import EXTRACTION_SIGNALS, DetectorSuite, reference_null
 from audits.event_source import BATCH_EVENTS, EventSource, as_source, pack
 from audits.features import (
     Reference,
@@ -44,8 +45,13 @@ Events = pl.DataFrame | EventSource
 
 ENSEMBLE_WEIGHT = 0.1
 RANK_DECIMALS = 9
-GROUP_MEMBER_FACTOR = 2.0
-SCORE_FLOOR = 2.0
+GROUP_MEMBER_FACTOR = 2.0  # a pooled group scores at most this x its median member's score
+FP_BUDGET = 0.01  # share of legitimate keys the threshold may flag
+BULK_QUANTILE = 0.75  # the null's spread: from the median to this quantile of the scores
+MIN_BULK_USERS = 20  # fewer keys: the nominal z of the budget is the threshold
+EVIDENCE_CEILING = 5.0  # z: evidence this strong is flagged whatever the population does
+FLOOD_FACTOR = 5.0  # warn when this many times the budget's share is flagged
+FLOOD_MIN_SHARE = 0.05
 DELAY_CHECKPOINTS = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
 SCORE_COLUMNS = ("extraction", "entropy", "iforest", "lof", "ocsvm", "autoencoder")
 
@@ -92,30 +98,54 @@ def _population_rank(values: np.ndarray, population: np.ndarray) -> np.ndarray:
 def combine(
     scores: dict[str, np.ndarray], population: dict[str, np.ndarray] | None = None
 ) -> np.ndarray:
-    """The combined score: directional evidence, tie-broken by the unsupervised detectors'
-    mean rank within ``population`` (default: the scored rows themselves)."""
+    """The combined score: directional evidence; positive evidence is tie-broken (x 1 + 0.1 x)
+    by the unsupervised detectors' mean rank within ``population`` (default: the scored rows)."""
     population = population or scores
     others = [k for k in scores if k != "extraction"]
     if others:
         ens = np.mean([_population_rank(scores[k], population[k]) for k in others], axis=0)
     else:
         ens = np.zeros(len(scores["extraction"]))
-    return scores["extraction"] * (1.0 + ENSEMBLE_WEIGHT * ens)
+    e = scores["extraction"]
+    return np.where(e > 0, e * (1.0 + ENSEMBLE_WEIGHT * ens), e)
 
 
-def choose_threshold(score: np.ndarray) -> tuple[float, str]:
-    """A threshold from the score distribution (see module docstring) and how it was chosen."""
-    from pythresh.thresholds.iqr import IQR
-
+def choose_threshold(score: np.ndarray, fp_budget: float = FP_BUDGET) -> tuple[float, str]:
+    """The score above which at most ``fp_budget`` of legitimate keys are expected, and how it
+    was chosen (see module docstring)."""
+    if not 0.0 < fp_budget < 0.5:
+        raise ValueError(f"the false-positive budget must be in (0, 0.5), not {fp_budget}")
+    z = NormalDist().inv_cdf(1.0 - fp_budget)
     s = np.asarray(score, dtype=np.float64)
     s = s[np.isfinite(s)]
-    method = f"pythresh IQR on log1p(score), floor {SCORE_FLOOR}"
-    if len(s) < 5 or np.ptp(s) == 0:
-        return SCORE_FLOOR, method
-    labels = IQR().eval(np.log1p(s))
-    out = s[np.asarray(labels) == 1]
-    t = float(out.min()) if len(out) else float(s.max()) + 1e-9
-    return max(t, SCORE_FLOOR), method
+    bulk = z
+    if len(s) >= MIN_BULK_USERS:
+        median, upper = np.quantile(s, [0.5, BULK_QUANTILE])
+        # an exponential upper tail through the median and the BULK_QUANTILE quantile
+        decay = math.log(0.5 / fp_budget) / math.log(0.5 / (1.0 - BULK_QUANTILE))
+        bulk = float(median + max(upper - median, 0.0) * decay)
+    t = float(np.clip(bulk, z, EVIDENCE_CEILING))
+    method = (
+        f"the {1 - fp_budget:.0%} quantile of an exponential-tailed null fitted to the bulk "
+        f"(median and "
+        f"{BULK_QUANTILE:.0%} quantile of the scores): false-positive budget {fp_budget:.2%}, "
+        f"kept within [{z:.2f}, {EVIDENCE_CEILING:g}] z"
+    )
+    return t, method
+
+
+def flagged_share_warning(score: np.ndarray, threshold: float, fp_budget: float) -> str | None:
+    """A warning when far more keys than the budget cross the threshold: many keys attacking at
+    once (flooding), or traffic unlike the reference."""
+    s = np.asarray(score, dtype=np.float64)
+    share = float(np.mean(s >= threshold)) if len(s) else 0.0
+    if share <= FLOOD_FACTOR * fp_budget or share < FLOOD_MIN_SHARE:
+        return None
+    return (
+        f"{share:.1%} of keys are flagged, {share / fp_budget:.0f}x the false-positive budget "
+        f"of {fp_budget:.1%}: many keys behave alike (flooding by one actor?) or the traffic is "
+        "unlike the reference; review before trusting the ranking"
+    )
 
 
 # ---------------------------------------------------------------- Sybil groups
@@ -253,13 +283,18 @@ def score_users(
     seed: int = 0,
     group_feats: pl.DataFrame | None = None,
     groups: pl.DataFrame | None = None,
+    reference: Reference | None = None,
+    fp_budget: float = FP_BUDGET,
 ) -> tuple[pl.DataFrame, dict]:
     """``user_scores`` rows (``USER_SCORES_SCHEMA``) and a summary: the threshold, how it was
-    chosen, the fitted suite and population scores (for running scores), the group table."""
-    suite = DetectorSuite(seed=seed).fit(features)
+    chosen, the false-positive budget, the flagged share and any warning about it, the fitted
+    suite and population scores (for running scores), the group table. ``reference`` (the
+    prepared reference data) adds the reference-calibrated evidence."""
+    null = reference_null(reference, seed) if reference is not None else None
+    suite = DetectorSuite(seed=seed, reference=null).fit(features)
     raw = suite.score(features)
     score = combine(raw)
-    threshold, method = choose_threshold(score)
+    threshold, method = choose_threshold(score, fp_budget)
     out = features.select("user_id", pl.col("n_events").cast(pl.Int64)).with_columns(
         pl.Series("score", score, dtype=pl.Float64),
         *[pl.Series(f"score_{k}", raw[k], dtype=pl.Float64) for k in SCORE_COLUMNS],
@@ -284,9 +319,9 @@ def score_users(
         )
         gs = pooled.join(typical, on="group_id").select(
             "group_id",
-            pl.min_horizontal("pooled", GROUP_MEMBER_FACTOR * pl.col("typical")).alias(
-                "score_group"
-            ),
+            pl.min_horizontal(
+                "pooled", GROUP_MEMBER_FACTOR * pl.col("typical").clip(lower_bound=0.0)
+            ).alias("score_group"),
         )
         member_of = (
             groups.join(gs, on="group_id")
@@ -313,9 +348,13 @@ def score_users(
         pl.lit(None, pl.Int64).alias("first_cross_n"),
     )
     out = out.select([pl.col(c).cast(t) for c, t in USER_SCORES_SCHEMA.items()]).sort("user_id")
+    final = out["score"].to_numpy()
     summary = {
         "threshold": threshold,
         "threshold_method": method,
+        "fp_budget": fp_budget,
+        "flagged_share": float(np.mean(final >= threshold)) if len(final) else 0.0,
+        "warning": flagged_share_warning(final, threshold, fp_budget),
         "suite": suite,
         "population": raw,
         "groups": group_table,
@@ -331,6 +370,7 @@ def audit_scores(
     delay: bool = True,
     features: pl.DataFrame | None = None,
     max_events: int = BATCH_EVENTS,
+    fp_budget: float = FP_BUDGET,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """The whole detection stage over one window's events (a frame or an
     :class:`audits.event_source.EventSource`, read a batch of whole users at a time):
@@ -346,7 +386,14 @@ def audit_scores(
     )
     groups = candidate_groups(source.subnet_days())
     gfeats = group_features(source, groups, reference, seed=seed, max_events=max_events)
-    scores, summary = score_users(feats, seed=seed, group_feats=gfeats, groups=groups)
+    scores, summary = score_users(
+        feats,
+        seed=seed,
+        group_feats=gfeats,
+        groups=groups,
+        reference=reference,
+        fp_budget=fp_budget,
+    )
     if delay:
         flagged = scores.filter(pl.col("flagged"))["user_id"].to_list()
         found = detection_delay(

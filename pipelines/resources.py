@@ -56,6 +56,7 @@ class AuditConfig(ConfigurableResource):
     trust_pickle: bool = False
     start: str | None = None
     end: str | None = None
+    fp_budget: float = 0.01  # share of legitimate keys the detection threshold may flag
 
     def reader_options(self):
         """How to read non-canonical logs (the gateway logs are loaded here, once)."""

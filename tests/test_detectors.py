@@ -32,10 +32,12 @@ def test_directional_score_ranks_probers_first_and_excuses_repeats(feats):
     users = feats["user_id"].to_list()
     top = {users[i] for i in np.argsort(-s)[:2]}
     assert top == {"attacker-00", "attacker-01"}
-    # the same traffic, but re-sent from earlier days, is discounted
+    # the same traffic, but re-sent from earlier days, is discounted (positive evidence only:
+    # a discount never lifts a user with negative evidence towards zero)
     fresh = scorer.score(feats.with_columns(pl.lit(0.0).alias("cross_day_repeat_share")))
     repeated = scorer.score(feats.with_columns(pl.lit(0.9).alias("cross_day_repeat_share")))
-    assert np.allclose(repeated, 0.1 * fresh)
+    assert (fresh > 0).any() and (fresh < 0).any()
+    assert np.allclose(repeated, np.where(fresh > 0, (1 - 0.9) ** 2 * fresh, fresh))
 
 
 def test_standardiser_is_robust_to_missing_values(feats):

@@ -72,6 +72,7 @@ def test_a_range_audits_only_its_days(archive: Path, tmp_path: Path) -> None:
         (["--start", "2027-01-01"], "no log files for 2027-01-01"),
         (["--model", "/nonexistent/model.skops"], "model not found"),
         (["--duckdb-memory", "lots"], "must be a size such as 1GB or 512MiB, got 'lots'"),
+        (["--fp-budget", "0.7"], "--fp-budget must be above 0 and below 0.5, got 0.7"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

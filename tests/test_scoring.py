@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from statistics import NormalDist
 
 import duckdb
 import numpy as np
@@ -13,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 
 from audits.evaluation import toy_events
 from audits.scoring import (
-    SCORE_FLOOR,
+    FP_BUDGET,
     USER_SCORES_SCHEMA,
     audit_scores,
     build_incidents,
@@ -38,7 +39,8 @@ def test_user_scores_columns_and_flags(audited):
     assert attackers <= flagged
     top = scores.sort("score", descending=True)["user_id"].head(len(attackers))
     assert set(top) == attackers
-    assert summary["threshold"] >= SCORE_FLOOR
+    assert summary["threshold"] >= NormalDist().inv_cdf(1 - FP_BUDGET)
+    assert summary["fp_budget"] == FP_BUDGET
     assert scores.filter(pl.col("flagged"))["first_cross_n"].is_not_null().all()
 
 
@@ -63,17 +65,23 @@ def test_incidents_are_stable_and_carry_evidence(audited):
     assert evidence and {"feature", "value", "population_percentile"} <= set(evidence[0])
 
 
-def test_no_attackers_no_flags():
-    s = np.abs(np.random.default_rng(0).normal(0.5, 0.2, 300))
-    t, method = choose_threshold(s)
-    assert t >= SCORE_FLOOR and "pythresh" in method
-    assert (s >= t).sum() == 0
+def test_threshold_keeps_a_normal_null_within_budget():
+    s = np.random.default_rng(0).normal(0.5, 1.0, 5000)
+    for budget in (0.01, 0.05):
+        t, method = choose_threshold(s, budget)
+        assert t >= NormalDist().inv_cdf(1 - budget) and f"{budget:.2%}" in method
+        assert (s >= t).mean() <= budget
+
+
+def test_threshold_rejects_a_budget_outside_its_range():
+    with pytest.raises(ValueError, match="budget"):
+        choose_threshold(np.zeros(10), 0.0)
 
 
 def test_unsupervised_detectors_cannot_raise_a_zero_evidence_user():
-    scores = {"extraction": np.array([0.0, 3.0]), "iforest": np.array([9.0, 0.0])}
+    scores = {"extraction": np.array([0.0, 3.0, -1.0]), "iforest": np.array([9.0, 0.0, 9.0])}
     c = combine(scores)
-    assert c[0] == 0.0 and c[1] >= 3.0
+    assert c[0] == 0.0 and c[1] >= 3.0 and c[2] == -1.0
 
 
 def test_detection_assets_write_tables(tmp_path, audited):

@@ -96,6 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="allow replacing a stored day whose stored files are absent from this archive "
         "(without it the audit refuses: it would delete that day's events and custody rows)",
     )
+    parser.add_argument(
+        "--fp-budget",
+        type=float,
+        default=0.01,
+        help="share of legitimate keys the detection threshold may flag (default: 0.01)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(handler=run)
 
@@ -139,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         # set for this process and the step processes it starts
         os.environ[store.MEMORY_ENV] = store.checked_size(args.duckdb_memory)
     store.memory_limit()  # fail now on a bad size, from the flag or the environment
+    if not 0.0 < args.fp_budget < 0.5:
+        raise InputError(f"--fp-budget must be above 0 and below 0.5, got {args.fp_budget}")
     mapping = _existing(args.mapping, "field mapping")
     if mapping:
         from audits.formats import load_mapping
@@ -182,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
         start=start.isoformat(),
         end=end.isoformat(),
+        fp_budget=args.fp_budget,
     )
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")

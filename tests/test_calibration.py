@@ -1,0 +1,72 @@
+"""Evidence that respects sample size, a threshold held to a false-positive budget, and
+detection that survives flooding (many attacker keys at once)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from audits.detectors import DirectionalScorer, reference_null
+from audits.evaluation import toy_events
+from audits.features import Reference, user_features
+from audits.scoring import audit_scores
+
+
+@pytest.fixture(scope="module")
+def window():
+    events, reference, _ = toy_events(seed=3, benign=60, attackers=0, sybil_keys=0)
+    return user_features(events, reference), Reference(reference)
+
+
+def _as(row: pl.DataFrame, n_events: int, **values: float) -> pl.DataFrame:
+    return row.with_columns(
+        pl.lit(float(n_events)).alias("n_events"),
+        *[pl.lit(v).alias(k) for k, v in values.items()],
+    )
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        {"ref_nn_dist": 2.5, "cell_entropy": 0.8, "coverage": 0.6},
+        {"near_dup_rate": 0.6, "step_ratio": 0.02, "low_margin_share": 0.8},
+        {"low_margin_share": 0.9, "conf_p10": 0.3, "class_entropy": 0.9},
+    ],
+)
+def test_a_small_key_never_outranks_a_large_key_with_the_same_statistic(window, signals):
+    feats, reference = window
+    scorer = DirectionalScorer(reference_null(reference)).fit(feats)
+    typical = feats.sort("n_events").slice(feats.height // 2, 1)
+    sizes = (30, 200, 1000, 5000)
+    rows = pl.concat([_as(typical, n, **signals) for n in sizes])
+    s = scorer.score(rows)
+    assert (np.diff(s) > 0).all(), dict(zip(sizes, s, strict=True))
+    # and the small key with a noisier, more extreme statistic still ranks below the large one
+    lower = ("step_ratio", "conf_p10")  # lower = more extraction-like
+    extreme = {k: v * (0.8 if k in lower else 1.2) for k, v in signals.items()}
+    small = scorer.score(_as(typical, 200, **extreme))[0]
+    assert small < s[-1]
+
+
+def test_an_attacker_free_window_is_flagged_within_budget():
+    for seed in (4, 5):
+        events, reference, _ = toy_events(seed=seed, benign=150, attackers=0, sybil_keys=0)
+        _, scores, summary = audit_scores(events, reference, delay=False)
+        assert scores["flagged"].mean() <= summary["fp_budget"] == 0.01
+        assert summary["warning"] is None
+        _, loose, summary = audit_scores(events, reference, delay=False, fp_budget=0.05)
+        assert loose["flagged"].mean() <= 0.05 and summary["threshold_method"].count("5.00%")
+
+
+@pytest.mark.parametrize("attackers", [7, 21, 41])  # 10%, 25% and 40% of the 68-102 keys
+def test_flooding_keys_are_still_flagged(attackers):
+    events, reference, truth = toy_events(seed=9, benign=60, attackers=attackers, sybil_keys=0)
+    _, scores, summary = audit_scores(events, reference, delay=False)
+    role = {u["user_id"]: u["role"] for u in truth["users"]}
+    is_attacker = scores["user_id"].replace_strict(role) == "attacker"
+    assert is_attacker.mean() >= attackers / 103
+    assert scores.filter(is_attacker)["flagged"].all()
+    assert scores.filter(~is_attacker)["flagged"].mean() <= 0.02
+    if attackers >= 21:
+        assert "flagged" in summary["warning"]
