@@ -62,12 +62,17 @@ def _skipped() -> MaterializeResult:
 
 def _metadata(result: dict, paths: dict) -> dict:
     rows = "\n".join(
-        f"| {name} | {m['auc']:.3f} | {_fmt(m['tpr_at_1pct_fpr'])} | {m['advantage']:.3f} |"
+        f"| {name} | {m['auc']:.3f} | {_fmt(m['tpr_at_10pct_fpr'])} | "
+        f"{_fmt(m['tpr_at_1pct_fpr'])} | {_fmt(m['tpr_at_0_1pct_fpr'])} | {m['advantage']:.3f} |"
         for name, m in result["membership"].items()
     )
-    table = "| attack | AUC | TPR@1%FPR | advantage |\n|---|---|---|---|\n" + rows
+    table = (
+        "| attack | AUC | TPR@10%FPR | TPR@1%FPR | TPR@0.1%FPR | advantage |\n"
+        "|---|---|---|---|---|---|\n" + rows
+    )
     return {
         "passed": MetadataValue.bool(result["passed"]),
+        "verdicts": MetadataValue.json(result["verdicts"]),
         "membership_auc": MetadataValue.float(result["membership_auc"]),
         "surrogate_fidelity": MetadataValue.float(result["surrogate_fidelity"]),
         "target_accuracy": MetadataValue.float(result["target_accuracy"]),
@@ -85,7 +90,7 @@ def _gate_result(result: dict) -> AssetCheckResult:
         passed=bool(result["passed"]),
         severity=AssetCheckSeverity.ERROR,
         metadata={
-            check["name"]: MetadataValue.text(
+            check["risk"]: MetadataValue.text(
                 {True: "pass", False: "FAIL", None: "not gated"}[check["passed"]]
                 + ": "
                 + check["detail"]

@@ -411,8 +411,9 @@ def _membership_row(f: Findings, controls: dict) -> dict:
         evidence += f", TPR {tpr:.3f} at 1% FPR"
     if label_only is not None and attack != "label_only":
         evidence += f"; label-only attack AUC {label_only:.3f}"
-    gate = "passed" if privacy.get("passed") else "failed"
-    in_place = f"privacy gate {gate}"
+    verdict = (privacy.get("verdicts") or {}).get("membership")  # the gate judges two risks
+    passed = verdict == "pass" if verdict else privacy.get("passed")
+    in_place = f"privacy gate {'passed' if passed else 'failed'}"
     if controls.get("output"):
         in_place += f"; {controls['output']}"
     likelihood = level(auc, *AUC_LEVELS)

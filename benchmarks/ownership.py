@@ -201,10 +201,31 @@ def report(out: dict) -> None:
             f"{f} {rate([r for r in band if r['family'] == f])}" for f in COPY_FAMILIES
         )
         print(f"  TPR, copy fidelity {label}: {rate(band)} ({by_family})")
+    print(separation(results))
     below = [r for r in copies if r["fidelity"] < min(fids)]
     print(
         f"  copies less faithful than every independent model: {len(below)}/{len(copies)}, "
         f"of which called copy {sum(r['verdict'] == 'copy' for r in below)}"
+    )
+
+
+def separation(results: list[dict]) -> str:
+    """ROC AUC of the verdict's score (-log10 p: higher says copy) separating copies from
+    independent models, and the best TPR at an empirical FPR <= 1% over all thresholds."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    labels = np.array([r["role"] == "copy" for r in results])
+    if labels.all() or not labels.any():
+        return "ROC AUC: n/a (needs copies and independent models)"
+    score = np.array([-np.log10(max(r["p_value"], 1e-300)) for r in results])
+    fpr, tpr, _ = roc_curve(labels, score)
+    at_1pct = float(tpr[fpr <= 0.01].max())
+    keep = np.array([r["role"] == "independent" or r["fidelity"] >= 0.8 for r in results])
+    faithful_auc = roc_auc_score(labels[keep], score[keep]) if labels[keep].any() else np.nan
+    return (
+        f"ROC AUC (copies vs independent models, score -log10 p): "
+        f"{roc_auc_score(labels, score):.3f}; copies with fidelity >= 0.8 vs independent: "
+        f"{faithful_auc:.3f}; best TPR at FPR <= 1%: {at_1pct:.2f}"
     )
 
 

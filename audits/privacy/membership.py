@@ -10,13 +10,17 @@ Each attack turns a row into a score where higher means "more likely a member":
 - ``rmia`` (Zarifzadeh, Liu & Shokri, ICML 2024): the likelihood ratio of the row's true-label
   probability under the target and under the reference models (offline, P(x) approximated
   from the OUT references with the coefficient ``a``), compared with the same ratio of
-  population rows ``z``: the share of ``z`` the row dominates (gamma = 1).
+  population rows ``z``: the share of ``z`` the row dominates (gamma = 1). The probability is
+  the true class's softmax over the log-probabilities divided by a temperature (1: as served):
+  a forest's members sit at probability 1, where a ratio of raw probabilities calls easy
+  members non-members; a higher temperature keeps their margin.
 - ``label_only``: 1 when the row is classified correctly (the generalisation gap).
 
 Reference models (LiRA and RMIA share them) are fitted on disjoint splits of the holdout:
 ``sklearn.clone`` of the served estimator, or, for a model that cannot be re-fitted (ONNX), a
 scikit-learn model of the nearest family (its graph's linear or dense layers, else a random
-forest). RMIA's ``a`` is chosen by attacking one reference model with the others.
+forest). RMIA's ``a`` and temperature are chosen by attacking one reference model with the
+others (TPR at 1% FPR, then AUC), never on the target's members.
 
 Metrics come from scikit-learn and SciPy: ROC AUC with a stratified bootstrap CI, TPR at 10%,
 1% and 0.1% FPR with exact (Clopper-Pearson) 95% intervals, and the advantage max(TPR - FPR).
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 from scipy.stats import binomtest, rankdata
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -45,6 +50,7 @@ MIN_ROWS_PER_REFERENCE = 10
 BOOTSTRAP_ROUNDS = 200
 RMIA_A_GRID = tuple(np.round(np.arange(0.0, 1.01, 0.1), 2))
 RMIA_DEFAULT_A = 0.3  # the reference implementation's default, used with one reference model
+RMIA_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0)
 POPULATION_ROWS = 5000
 MIN_CLASS_ROWS = 10  # per side, for a class's own AUC
 
@@ -115,19 +121,33 @@ def logit_confidence(p_y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class References:
-    """True-label probabilities of reference models on the sample and on population rows,
+    """Clipped log-probabilities of reference models on the sample and on population rows,
     with masks of the rows each model did not train on (OUT)."""
 
-    sample_p: np.ndarray  # (models, sample rows)
-    sample_out: np.ndarray  # bool, same shape
-    population_p: np.ndarray  # (models, population rows)
+    sample_logp: np.ndarray  # (models, sample rows, classes)
+    sample_out: np.ndarray  # bool, (models, sample rows)
+    population_logp: np.ndarray  # (models, population rows, classes)
     population_out: np.ndarray
     population_rows: np.ndarray  # holdout rows used as the population z
+    population_y: np.ndarray
     split_of: np.ndarray  # for each holdout row, the reference model trained on it
     family: str  # "clone" or the family of the stand-in model
 
     def __len__(self) -> int:
-        return len(self.sample_p)
+        return len(self.sample_logp)
+
+
+def log_proba(proba: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(proba, EPS, 1.0))
+
+
+def tempered_true_prob(logp: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The true class's softmax probability with the log-probabilities as logits divided by
+    ``temperature`` (1: the model's own probability, up to clipping); ``logp`` may have a
+    leading models axis."""
+    index = np.broadcast_to(y[:, None], (*logp.shape[:-1], 1))
+    gaps = (logp - np.take_along_axis(logp, index, axis=-1)) / temperature
+    return np.exp(-logsumexp(gaps, axis=-1))
 
 
 def reference_estimator(served, seed: int):
@@ -162,24 +182,29 @@ def fit_references(
     population = np.sort(rng.permutation(len(y_holdout))[:POPULATION_ROWS])
     estimator, family = reference_estimator(served, seed)
     n_classes = len(served.classes_)
-    sample_p = np.empty((n_models, len(sample.y)))
-    population_p = np.empty((n_models, len(population)))
+    sample_logp = np.empty((n_models, len(sample.y), n_classes))
+    population_logp = np.empty((n_models, len(population), n_classes))
     for k in range(n_models):
         rows = splits[k]
         if progress:
             progress(f"membership: fitting reference model {k + 1}/{n_models} on {len(rows)} rows")
         model = clone(estimator).fit(X_holdout[rows], y_holdout[rows])
-        sample_p[k] = true_class_prob(_full_proba(model, sample.X, n_classes), sample.y)
-        population_p[k] = true_class_prob(
-            _full_proba(model, X_holdout[population], n_classes), y_holdout[population]
-        )
+        sample_logp[k] = log_proba(_full_proba(model, sample.X, n_classes))
+        population_logp[k] = log_proba(_full_proba(model, X_holdout[population], n_classes))
     models = np.arange(n_models)[:, None]
-    sample_out = np.ones_like(sample_p, dtype=bool)
+    sample_out = np.ones((n_models, len(sample.y)), dtype=bool)
     nonmember = np.flatnonzero(~sample.is_member)
     sample_out[:, nonmember] = split_of[sample.holdout_rows][None, :] != models
     population_out = split_of[population][None, :] != models
     return References(
-        sample_p, sample_out, population_p, population_out, population, split_of, family
+        sample_logp,
+        sample_out,
+        population_logp,
+        population_out,
+        population,
+        y_holdout[population],
+        split_of,
+        family,
     )
 
 
@@ -193,15 +218,20 @@ def _full_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
 # ---------------------------------------------------------------- LiRA
 
 
-def score_lira_offline(target_p: np.ndarray, refs: References) -> np.ndarray:
+def score_lira_offline(target_logp: np.ndarray, y: np.ndarray, refs: References) -> np.ndarray:
     """Offline LiRA z-scores: (phi_target - mean phi_out) / sd_out, per row."""
-    return _gaussian_z(logit_confidence(target_p), logit_confidence(refs.sample_p), refs.sample_out)
+    phi = logit_confidence(tempered_true_prob(target_logp, y))
+    phis = logit_confidence(tempered_true_prob(refs.sample_logp, y))
+    return _gaussian_z(phi, phis, refs.sample_out)
 
 
 def _gaussian_z(phi: np.ndarray, phis: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """z of ``phi`` under per-row Gaussians, the variance shrunk towards the pooled one."""
+    """z of ``phi`` under per-row Gaussians, the variance shrunk towards the pooled one; a row
+    without an OUT model takes the mean over all OUT values and the pooled variance."""
     count = used.sum(axis=0)
     mean = np.where(used, phis, 0).sum(axis=0) / np.maximum(count, 1)
+    if (count == 0).any():  # no OUT model (one reference, which trained on the row)
+        mean = np.where(count > 0, mean, phis[used].mean() if used.any() else 0.0)
     sq = np.where(used, (phis - mean) ** 2, 0).sum(axis=0)
     pooled = sq.sum() / max(1, np.maximum(count - 1, 0).sum())
     if not pooled > 0:
@@ -247,32 +277,45 @@ def rmia_scores(
     return share + tie_break
 
 
-def tune_rmia_a(refs: References) -> float:
-    """``a`` that best attacks reference model 0 with the others (its split are its members,
-    the other holdout rows in the population its non-members); the default with one model."""
+def tune_rmia(refs: References) -> tuple[float, float]:
+    """``(a, temperature)`` that best attack reference model 0 with the others (its split are
+    its members, the other population rows its non-members), by TPR at 1% FPR then AUC; the
+    defaults (0.3, 1) with one reference model."""
+    defaults = (RMIA_DEFAULT_A, 1.0)
     if len(refs) < 2:
-        return RMIA_DEFAULT_A
-    rows = refs.population_rows
-    members = refs.split_of[rows] == 0
+        return defaults
+    members = refs.split_of[refs.population_rows] == 0
     if members.all() or not members.any():
-        return RMIA_DEFAULT_A
-    p, out = refs.population_p[1:], refs.population_out[1:]
-    best, best_auc = RMIA_DEFAULT_A, -1.0
-    for a in RMIA_A_GRID:
-        scores = rmia_scores(refs.population_p[0], p, out, refs.population_p[0], p, out, a)
-        auc = float(roc_auc_score(members, scores))
-        if auc > best_auc + 1e-9:
-            best, best_auc = float(a), auc
+        return defaults
+    y, out = refs.population_y, refs.population_out[1:]
+    best, best_key = defaults, (-1.0, -1.0)
+    for temperature in RMIA_TEMPERATURES:
+        p = tempered_true_prob(refs.population_logp, y, temperature)
+        for a in RMIA_A_GRID:
+            scores = rmia_scores(p[0], p[1:], out, p[0], p[1:], out, a)
+            fpr, tpr, _ = roc_curve(members, scores)
+            key = (tpr_at_fpr(fpr, tpr, 0.01), float(roc_auc_score(members, scores)))
+            if key > best_key:
+                best, best_key = (float(a), float(temperature)), key
     return best
 
 
-def score_rmia(target_p: np.ndarray, target_pop_p: np.ndarray, refs: References, a: float):
+def score_rmia(
+    target_logp: np.ndarray,
+    y: np.ndarray,
+    target_pop_logp: np.ndarray,
+    refs: References,
+    a: float,
+    temperature: float,
+) -> np.ndarray:
+    """RMIA scores of the sample rows against the population rows."""
+    pop_y = refs.population_y
     return rmia_scores(
-        target_p,
-        refs.sample_p,
+        tempered_true_prob(target_logp, y, temperature),
+        tempered_true_prob(refs.sample_logp, y, temperature),
         refs.sample_out,
-        target_pop_p,
-        refs.population_p,
+        tempered_true_prob(target_pop_logp, pop_y, temperature),
+        tempered_true_prob(refs.population_logp, pop_y, temperature),
         refs.population_out,
         a,
     )
@@ -416,15 +459,18 @@ def attack_scores(
             seed=seed,
             progress=progress,
         )
-        target_p = true_class_prob(proba, sample.y)
+        target_logp = log_proba(proba)
         population = refs.population_rows
-        target_pop = true_class_prob(
-            served.predict_proba(X_holdout[population]), y_holdout[population]
-        )
-        a = tune_rmia_a(refs)
-        scores["lira_offline"] = score_lira_offline(target_p, refs)
-        scores["rmia"] = score_rmia(target_p, target_pop, refs, a)
-        info = {"reference_family": refs.family, "rmia_a": a, "population_rows": len(population)}
+        target_pop = log_proba(served.predict_proba(X_holdout[population]))
+        a, temperature = tune_rmia(refs)
+        scores["lira_offline"] = score_lira_offline(target_logp, sample.y, refs)
+        scores["rmia"] = score_rmia(target_logp, sample.y, target_pop, refs, a, temperature)
+        info = {
+            "reference_family": refs.family,
+            "rmia_a": a,
+            "rmia_temperature": temperature,
+            "population_rows": len(population),
+        }
     return {name: scores[name] for name in ATTACKS if name in scores}, skipped, info
 
 
