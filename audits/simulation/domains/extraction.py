@@ -246,7 +246,7 @@ def sybil(service: Service, rng: np.random.Generator, keys: int) -> list[Stream]
         x = service.seed_rows(rng, total, _source(rng, NATURAL_SOURCES))
     else:
         x = _split_active(service, rng, total)
-    hour = rng.uniform(0.0, 24.0)
+    hour = rng.uniform(0.0, 20.0)  # the day's job ends inside the day
     days = max(1, service.days)
     out = []
     for k in range(keys):

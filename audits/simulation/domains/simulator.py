@@ -120,11 +120,12 @@ def _truth(
             "fidelity": None,
         }
         for i, m in enumerate(roster.members)
+        if counts[i]  # a key whose every request fell outside the window never used the API
     ]
     groups = [
         {
             "group_id": group,
-            "members": sorted(m.user_id for m in roster.members if m.group == group),
+            "members": sorted(u["user_id"] for u in users if u["group"] == group),
             "subnet": subnet,
             "fidelity": None,
         }
