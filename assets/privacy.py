@@ -1,5 +1,7 @@
 """The privacy audit as a Dagster asset, with the release gate as a blocking asset check."""
 
+from pathlib import Path
+
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -23,6 +25,7 @@ GATE_CHECK = "privacy_gate"
 def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> MaterializeResult:
     """Membership leakage and extraction risk of the served model; the gate blocks on failure."""
     if not (audit.model and audit.train and audit.holdout):
+        _remove_earlier_gate_outputs(audit.out_path / "privacy")
         return _skipped()
     from audits.models import load_served_model
     from audits.privacy import Thresholds, extraction, run_privacy_audit, write_gate_outputs
@@ -43,6 +46,15 @@ def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> Materia
         metadata=_metadata(result, paths),
         check_results=[_gate_result(result)],
     )
+
+
+def _remove_earlier_gate_outputs(folder: Path) -> None:
+    """An earlier run's gate outputs would be read as this run's by the risk register and the
+    report (the scheduled job reuses its output folder): a skipped audit removes them."""
+    from audits.privacy.gate import HTML_NAME, JSON_NAME, JUNIT_NAME
+
+    for name in (JSON_NAME, JUNIT_NAME, HTML_NAME):
+        (folder / name).unlink(missing_ok=True)
 
 
 def _skipped() -> MaterializeResult:

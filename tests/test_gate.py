@@ -263,3 +263,21 @@ def test_privacy_audit_asset_skips_without_data(tmp_path):
     assert result.success
     mats = result.asset_materializations_for_node("privacy_audit")
     assert "skipped" in mats[0].metadata["status"].value
+
+
+def test_skipped_privacy_audit_removes_an_earlier_runs_gate_outputs(tmp_path):
+    """The scheduled job reuses its output folder: a skipped audit must not leave the last
+    run's verdict for the risk register and the report to read as this run's."""
+    from dagster import materialize
+
+    from assets.privacy import privacy_audit
+    from pipelines.resources import AuditConfig
+
+    earlier = tmp_path / "privacy"
+    earlier.mkdir()
+    for name in ("privacy_audit.json", "junit.xml", "privacy_report.html"):
+        (earlier / name).write_text("from an earlier run")
+    (earlier / "notes.txt").write_text("not ours")
+    audit = AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path))
+    assert materialize([privacy_audit], resources={"audit": audit}).success
+    assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]
