@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/privacy.py timing   # gate time, 20k training rows, full curves
     .venv/bin/python benchmarks/privacy.py attacks  # membership table on bundled sklearn data
     .venv/bin/python benchmarks/privacy.py lowfpr   # AUC and TPR at 10/1/0.1% FPR with CIs,
-                                                    # four served models, LiRA vs RMIA with 1 and 4 refs
+                                                    # four served models, LiRA vs RMIA (1, 4 refs)
 
 Prints figures; asserts nothing.
 """

@@ -331,7 +331,9 @@ def test_rmia_runs_with_one_reference_model(digits):
     model = served(leaky_forest(train))
     metrics, info = membership.membership_audit(model, train, holdout, reference_models=1)
     assert info["reference_models"] == 1 and info["rmia_a"] == membership.RMIA_DEFAULT_A
-    assert metrics["rmia"]["auc"] > metrics["max_confidence"]["auc"]
+    assert info["rmia_temperature"] == 1.0  # nothing to tune with one reference model
+    # rows the only reference trained on take P(x) from their IN probability: still informative
+    assert metrics["rmia"]["auc"] > 0.6 and metrics["lira_offline"]["auc"] > 0.6
 
 
 def test_rmia_beats_max_confidence_on_leaky_model(digits_forest_audit):
