@@ -105,10 +105,14 @@ def test_detection_assets_write_tables(tmp_path, audited):
             con.execute("INSERT INTO events BY NAME SELECT * FROM ev")
             con.execute(f"CREATE OR REPLACE TABLE user_day AS {user_day_select('events')}")
 
-    resources = {
-        "duckdb": DuckDBResource(database=db),
-        "audit": AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path / "out")),
-    }
+    # the owner's reference data, as `--reference` gives it: without it the reference is a
+    # sample of the window itself, uniform probes included
+    reference = tmp_path / "reference.parquet"
+    pl.DataFrame(audited[1], schema=[f"x{i}" for i in range(audited[1].shape[1])]).write_parquet(
+        reference
+    )
+    audit = AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path / "out"), reference=str(reference))
+    resources = {"duckdb": DuckDBResource(database=db), "audit": audit}
     for _ in range(2):  # a rerun replaces the window's rows
         result = materialize([fake_events, *detection_assets], resources=resources)
         assert result.success
