@@ -11,8 +11,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-from polars.testing import assert_frame_equal
 import pytest
+from polars.testing import assert_frame_equal
 
 from audits import schema, store
 from audits.catalog import scan_archive
