@@ -164,8 +164,8 @@ def read_raw(file: ArchiveFile) -> RawFile:
         return RawFile(_with_flags(lines, None, None), digest, len(raw), file.note)
     damage = None
     data = raw
-    if file.compressed and raw.startswith(GZIP_MAGIC):
-        data, damage = decompress_recoverable(raw)
+    if file.compressed and raw and (raw.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(raw)):
+        data, damage = decompress_recoverable(raw)  # a stream cut inside its magic is gzip
     elif file.compressed and raw:
         damage = "named .gz but not gzip: read as plain text"
     if data.startswith(_BOM):  # a byte-order mark is no part of the first record
