@@ -20,7 +20,9 @@ GATE_CHECK = "privacy_gate"
 
 @asset(
     group_name="privacy",
-    check_specs=[AssetCheckSpec(GATE_CHECK, asset="privacy_audit", blocking=True)],
+    # not blocking: a served model that fails the gate is a finding of the audit, shown in its
+    # report and risk register; `stealwatch gate` is the release gate that exits 1
+    check_specs=[AssetCheckSpec(GATE_CHECK, asset="privacy_audit", blocking=False)],
 )
 def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> MaterializeResult:
     """Membership leakage and extraction risk of the served model; the gate blocks on failure."""

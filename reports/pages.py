@@ -382,8 +382,8 @@ def _sample(events: pl.DataFrame) -> list[dict]:
 
 
 def closing_summary(database: str, window: d.Window, out_dir: Path) -> str:
-    """One line for the end of ``stealwatch audit``: incidents by severity, the worst copy and
-    where the report is."""
+    """One line for the end of ``stealwatch audit``: incidents by severity, the worst copy, the
+    privacy gate's verdicts when it ran, and where the report is."""
     parts = []
     if database != ":memory:" and Path(database).is_file():
         con = duckdb.connect(database, read_only=True)
@@ -399,6 +399,14 @@ def closing_summary(database: str, window: d.Window, out_dir: Path) -> str:
         if worst is not None:
             fidelity, subject = worst["damage"]["fidelity"], ascii(worst["subject"])
             parts.append(f"worst copy {fidelity:.1%} by {subject}")
+    privacy = d.privacy_summary(out_dir)
+    if privacy is not None:
+        verdicts = privacy["verdicts"]
+        parts.append(
+            f"privacy gate {'passed' if privacy.get('passed') else 'FAILED'} "
+            f"(membership {verdicts['membership']}, "
+            f"extraction {verdicts['extraction'].replace('_', ' ')})"
+        )
     report = out_dir / "report.html"
     if report.exists():
         parts.append(f"open {report.resolve().as_uri()}")

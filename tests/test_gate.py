@@ -1,4 +1,4 @@
-"""``stealwatch gate`` and the ``privacy_audit`` asset: exit codes, outputs, the blocking check."""
+"""``stealwatch gate`` and the ``privacy_audit`` asset: exit codes, outputs, the gate's check."""
 
 from __future__ import annotations
 
@@ -228,7 +228,11 @@ def test_stealwatch_gate_subprocess(files, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_privacy_audit_asset_blocks_on_failure(files, tmp_path, monkeypatch):
+def test_privacy_audit_asset_reports_a_failed_gate_and_the_run_goes_on(
+    files, tmp_path, monkeypatch
+):
+    """A failed gate is a finding of the audit (the report and risk register show it), not a
+    failed audit: the check fails, the materialisation does not."""
     from dagster import materialize
 
     from assets.privacy import privacy_audit
@@ -245,6 +249,7 @@ def test_privacy_audit_asset_blocks_on_failure(files, tmp_path, monkeypatch):
         holdout=str(files["holdout"]),
     )
     result = materialize([privacy_audit], resources={"audit": config}, raise_on_error=False)
+    assert result.success
     checks = result.get_asset_check_evaluations()
     assert [c.check_name for c in checks] == ["privacy_gate"] and not checks[0].passed
     for name in ("privacy_audit.json", "junit.xml", "privacy_report.html"):

@@ -239,3 +239,18 @@ def test_a_cli_audit_is_recorded_in_the_dagster_home_instance(tmp_path: Path, mo
     with DagsterInstance.get() as instance:
         assert instance.get_latest_materialization_event(AssetKey("report")) is not None
         assert instance.get_runs()  # the run the UI lists
+
+
+def test_closing_summary_names_the_privacy_gates_verdicts(tmp_path):
+    import datetime as dt
+    import json
+
+    from reports.pages import closing_summary
+
+    window = (dt.date(2026, 11, 1), dt.date(2026, 11, 2))
+    assert "privacy" not in closing_summary(":memory:", window, tmp_path)
+    (tmp_path / "privacy").mkdir()
+    result = {"passed": False, "verdicts": {"membership": "pass", "extraction": "fail"}}
+    (tmp_path / "privacy" / "privacy_audit.json").write_text(json.dumps(result))
+    line = closing_summary(":memory:", window, tmp_path)
+    assert "privacy gate FAILED (membership pass, extraction fail)" in line
