@@ -3,8 +3,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 # the Dagster instance the CLI records its runs in and the UI reads (see `make ui`)
+# (only `demo` and `ui` use it: the tests make their own instances)
 DAGSTER_HOME ?= $(CURDIR)/.dagster
-export DAGSTER_HOME
 
 .PHONY: install demo ui chromium test lint clean
 
@@ -22,7 +22,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/stealwatch simulate --out $(DEMO_DIR)/archive --seed 7 --days 3 --users 300 --faults
-	$(VENV)/bin/stealwatch audit --logs $(DEMO_DIR)/archive/logs \
+	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/stealwatch audit --logs $(DEMO_DIR)/archive/logs \
 		--model $(DEMO_DIR)/archive/model.skops --reference $(DEMO_DIR)/archive/reference.parquet \
 		--train $(DEMO_DIR)/archive/train.parquet --holdout $(DEMO_DIR)/archive/holdout.parquet \
 		--canaries $(DEMO_DIR)/archive/canaries.toml \
@@ -30,8 +30,8 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 # the Dagster UI (http://127.0.0.1:3000) on the instance `make demo` and the CLI write to
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	STEALWATCH_OUT=$(DEMO_DIR)/audit STEALWATCH_LOGS=$(DEMO_DIR)/archive/logs \
-		$(VENV)/bin/dagster dev -m pipelines.definitions
+	DAGSTER_HOME=$(DAGSTER_HOME) STEALWATCH_OUT=$(DEMO_DIR)/audit \
+		STEALWATCH_LOGS=$(DEMO_DIR)/archive/logs $(VENV)/bin/dagster dev -m pipelines.definitions
 
 # headless Chromium for the browser tests (CI machines start without it)
 chromium:

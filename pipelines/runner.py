@@ -190,7 +190,20 @@ def _child_environment(audit: AuditConfig, database: str, lake: str) -> Iterator
 def _instance() -> DagsterInstance:
     """The instance in ``$DAGSTER_HOME`` when it is set (so the Dagster UI on the same home
     shows the CLI's runs and materialisations), else a throwaway one in memory."""
-    return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    if os.environ.get("DAGSTER_HOME"):
+        _dagster_home()
+        return DagsterInstance.get()
+    return DagsterInstance.ephemeral()
+
+
+def _dagster_home() -> Path:
+    """``$DAGSTER_HOME``, created when it does not exist yet (Dagster refuses a missing one)."""
+    home = Path(os.environ["DAGSTER_HOME"])
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create DAGSTER_HOME {home}: {exc.strerror}") from None
+    return home
 
 
 @contextmanager
@@ -199,6 +212,7 @@ def _temporary_instance() -> Iterator[DagsterInstance]:
     project's pool limits: writers of the window tables one at a time. The instance in
     ``$DAGSTER_HOME`` instead, when it is set (its ``dagster.yaml`` sets the pools)."""
     if os.environ.get("DAGSTER_HOME"):
+        _dagster_home()
         with DagsterInstance.get() as instance:
             yield instance
         return

@@ -225,12 +225,17 @@ def test_charts_keep_text_as_text_with_an_alternative_and_unique_ids() -> None:
 # ---------------------------------------------------------------- the Dagster UI's instance
 
 
-def test_a_cli_audit_is_recorded_in_the_dagster_home_instance(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("home_exists", [True, False], ids=["home", "missing-home"])
+def test_a_cli_audit_is_recorded_in_the_dagster_home_instance(
+    tmp_path: Path, monkeypatch, home_exists: bool
+) -> None:
+    """Also when ``$DAGSTER_HOME`` does not exist yet: it is created, not a failed audit."""
     from dagster import AssetKey, DagsterInstance
 
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    if home_exists:
+        home.mkdir()
+        (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     root = tmp_path / "logs"
     lines = [json.dumps(make_record("2026-11-01", i, user=f"u{i % 9}")) for i in range(200)]
