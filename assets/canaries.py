@@ -10,10 +10,10 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from assets.detection import POOL, _preview, _replace
+from assets.common import preview, replace_rows
+from assets.partitions import DUCKDB_POOL
+from assets.resources import AuditConfig, audit_window
 from audits import canaries as cn
-from pipelines.resources import AuditConfig
-from pipelines.window import audit_window
 
 CANARY_HITS_DDL = """
 CREATE TABLE IF NOT EXISTS canary_hits (
@@ -48,7 +48,7 @@ def read_hits(con, window) -> tuple[pl.DataFrame, pl.DataFrame]:
     return hits, registry
 
 
-@asset(deps=["events"], pool=POOL, group_name="detection")
+@asset(deps=["events"], pool=DUCKDB_POOL, group_name="detection")
 def canary_hits(
     context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
 ) -> MaterializeResult:
@@ -80,8 +80,8 @@ def canary_hits(
                     f"{len(never)} canaries cannot match queries of width "
                     f"{sorted(widths)}: {', '.join(never[:5])}"
                 )
-        _replace(con, "canary_hits", CANARY_HITS_DDL, hits, window)
-        _replace(con, "canary_registry", CANARY_REGISTRY_DDL, table, window)
+        replace_rows(con, "canary_hits", CANARY_HITS_DDL, hits, window)
+        replace_rows(con, "canary_registry", CANARY_REGISTRY_DDL, table, window)
     keys = hits["user_id"].n_unique() if hits.height else 0
     per_canary = (
         hits.group_by("canary")
@@ -95,7 +95,7 @@ def canary_hits(
             "rows": hits.height,
             "keys": keys,
             "window": f"{window[0]}..{window[1]}",
-            "preview": _preview(per_canary),
+            "preview": preview(per_canary),
         }
     )
 

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
+from assets.common import preview, replace_rows
+from assets.partitions import DUCKDB_POOL
+from assets.progress import progress_for
+from assets.resources import AuditConfig, audit_window
 from audits import store
 from audits.errors import InputError
 from audits.event_source import DuckDBSource
@@ -25,11 +29,6 @@ from audits.scoring import (
     build_incidents,
     group_features,
 )
-from pipelines.progress import progress_for
-from pipelines.resources import AuditConfig
-from pipelines.window import audit_window
-
-POOL = "duckdb_writer"
 
 USER_FEATURES_DDL = (
     "CREATE TABLE IF NOT EXISTS user_features (window_start DATE NOT NULL, "
@@ -80,27 +79,6 @@ def load_reference(audit: AuditConfig) -> np.ndarray | None:
     return frame.select(numeric).to_numpy().astype(np.float64)
 
 
-def _replace(con, table: str, ddl: str, frame: pl.DataFrame, window) -> None:
-    con.execute(ddl)
-    con.execute(f"DELETE FROM {table} WHERE window_start = ? AND window_end = ?", list(window))
-    staged = frame.select(
-        pl.lit(window[0]).alias("window_start"), pl.lit(window[1]).alias("window_end"), pl.all()
-    )
-    con.register("_staged", staged.to_arrow())
-    try:
-        columns = ", ".join(staged.columns)
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _staged")
-    finally:
-        con.unregister("_staged")
-
-
-def _preview(frame: pl.DataFrame, rows: int = 10) -> MetadataValue:
-    try:
-        return MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False))
-    except Exception:  # noqa: BLE001 - tabulate may be missing: plain text then
-        return MetadataValue.md("```\n" + str(frame.head(rows)) + "\n```")
-
-
 MIN_USERS = 3  # fewer users than this in the window: nothing to compare anyone with
 
 
@@ -121,7 +99,7 @@ def _window_or_empty(context, audit, con):
     return window
 
 
-@asset(deps=["events"], pool=POOL, group_name="detection")
+@asset(deps=["events"], pool=DUCKDB_POOL, group_name="detection")
 def user_features(
     context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
 ) -> MaterializeResult:
@@ -135,18 +113,18 @@ def user_features(
         source = DuckDBSource(con, window)
         progress_for(context)(f"detection: features of each user in {window[0]}..{window[1]}")
         features = window_features(source, reference)
-        _replace(con, "user_features", USER_FEATURES_DDL, features, window)
+        replace_rows(con, "user_features", USER_FEATURES_DDL, features, window)
     return MaterializeResult(
         metadata={
             "rows": features.height,
             "events": source.n_events,
             "window": f"{window[0]}..{window[1]}",
-            "preview": _preview(features.select("user_id", *FEATURE_COLUMNS[:6])),
+            "preview": preview(features.select("user_id", *FEATURE_COLUMNS[:6])),
         }
     )
 
 
-@asset(deps=["events", "user_features"], pool=POOL, group_name="detection")
+@asset(deps=["events", "user_features"], pool=DUCKDB_POOL, group_name="detection")
 def user_scores(
     context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
 ) -> MaterializeResult:
@@ -174,12 +152,12 @@ def user_scores(
         )
         if summary["warning"]:
             context.log.warning(summary["warning"])
-        _replace(con, "user_scores", USER_SCORES_DDL, scores, window)
+        replace_rows(con, "user_scores", USER_SCORES_DDL, scores, window)
         groups = summary["groups"].with_columns(
             pl.lit(summary["threshold"]).alias("threshold"),
             pl.lit(summary["threshold_method"]).alias("threshold_method"),
         )
-        _replace(con, "score_groups", SCORE_GROUPS_DDL, groups, window)
+        replace_rows(con, "score_groups", SCORE_GROUPS_DDL, groups, window)
     path = audit.out_path / "user_scores.parquet"
     scores.write_parquet(path)
     flagged = scores.filter(pl.col("flagged"))
@@ -195,7 +173,7 @@ def user_scores(
             "groups": groups.height,
             "flagged_groups": int(groups["flagged"].sum()) if groups.height else 0,
             "path": str(path),
-            "preview": _preview(
+            "preview": preview(
                 scores.sort("score", descending=True).select(
                     "user_id", "score", "flagged", "n_events", "score_extraction", "group_id"
                 )
@@ -206,7 +184,7 @@ def user_scores(
 
 @asset(
     deps=["events", "user_features", "user_scores", "canary_hits"],
-    pool=POOL,
+    pool=DUCKDB_POOL,
     group_name="detection",
 )
 def incidents(
@@ -258,13 +236,13 @@ def incidents(
             else (pl.DataFrame(schema=INCIDENTS_SCHEMA))
         )
         table = pl.concat([table, _canary_incidents(con, window)])
-        _replace(con, "incidents", INCIDENTS_DDL, table, window)
+        replace_rows(con, "incidents", INCIDENTS_DDL, table, window)
     return MaterializeResult(
         metadata={
             "rows": table.height,
             "groups": int((table["kind"] == "group").sum()) if table.height else 0,
             "canary": int((table["kind"] == "canary").sum()) if table.height else 0,
-            "preview": _preview(
+            "preview": preview(
                 table.select("incident_id", "kind", "subject", "severity", "n_events", "score")
             ),
         }
@@ -285,7 +263,7 @@ def _canary_incidents_only(context, audit: AuditConfig, con) -> MaterializeResul
     if window is None:
         return MaterializeResult(metadata={"rows": 0})
     table = _canary_incidents(con, window)
-    _replace(con, "incidents", INCIDENTS_DDL, table, window)
+    replace_rows(con, "incidents", INCIDENTS_DDL, table, window)
     return MaterializeResult(metadata={"rows": table.height, "canary": table.height})
 
 

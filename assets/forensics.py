@@ -18,14 +18,15 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
-from assets.detection import POOL, USER_SCORES_DDL, _preview, _replace, load_reference
+from assets.common import preview, replace_rows
+from assets.detection import USER_SCORES_DDL, load_reference
+from assets.partitions import DUCKDB_POOL
+from assets.progress import progress_for
+from assets.resources import AuditConfig, audit_window
 from audits import forensics as fx
 from audits.errors import InputError
 from audits.event_source import DuckDBSource, EventSource
 from audits.scoring import USER_SCORES_SCHEMA
-from pipelines.progress import progress_for
-from pipelines.resources import AuditConfig
-from pipelines.window import audit_window
 
 DAMAGE_DDL = """
 CREATE TABLE IF NOT EXISTS damage (
@@ -106,7 +107,7 @@ def _members_key(members) -> tuple[str, ...]:
     return tuple(sorted(members))
 
 
-@asset(deps=["user_scores", "incidents"], pool=POOL, group_name="forensics")
+@asset(deps=["user_scores", "incidents"], pool=DUCKDB_POOL, group_name="forensics")
 def forensics(
     context: AssetExecutionContext,
     config: ForensicsConfig,
@@ -172,7 +173,7 @@ def forensics(
             "incidents": len(incident_damage),
             "reference": table["reference"][0] if table.height else "",
             "window": f"{window[0]}..{window[1]}",
-            "preview": _preview(
+            "preview": preview(
                 table.select(
                     "subject",
                     "kind",
@@ -299,7 +300,7 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
 
 def _write(con, window, table, fidelity, groups, incident_damage, audit) -> None:
     params = list(window)
-    _replace(con, "damage", DAMAGE_DDL, table, window)
+    replace_rows(con, "damage", DAMAGE_DDL, table, window)
     updates = pl.DataFrame(
         {
             "user_id": list(fidelity),

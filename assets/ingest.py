@@ -24,13 +24,12 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from assets.partitions import DUCKDB_POOL, daily_partitions
+from assets.progress import progress_for
+from assets.resources import AuditConfig, StoreResource, audit_window
 from audits import store
 from audits.catalog import ArchiveFile, scan_archive
 from audits.ingest_summary import ingest_summary as summarise
-from pipelines.partitions import DUCKDB_POOL, daily_partitions
-from pipelines.progress import progress_for
-from pipelines.resources import AuditConfig, StoreResource
-from pipelines.window import audit_window
 
 ACCOUNTING_CHECK = "every_record_accounted_for"
 

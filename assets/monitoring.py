@@ -13,10 +13,10 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from assets.detection import POOL, _preview, _replace
+from assets.common import preview, replace_rows
+from assets.partitions import DUCKDB_POOL
+from assets.resources import AuditConfig, audit_window
 from audits import confidence as cf
-from pipelines.resources import AuditConfig
-from pipelines.window import audit_window
 
 CONFIDENCE_DDL = """
 CREATE TABLE IF NOT EXISTS confidence_daily (
@@ -38,7 +38,7 @@ class ConfidenceConfig(Config):
     seed: int = 0
 
 
-@asset(deps=["events"], pool=POOL, group_name="monitoring")
+@asset(deps=["events"], pool=DUCKDB_POOL, group_name="monitoring")
 def confidence_monitor(
     context: AssetExecutionContext,
     config: ConfidenceConfig,
@@ -62,7 +62,7 @@ def confidence_monitor(
             context.log.info(f"confidence monitoring skipped: {reason}")
             return MaterializeResult(metadata={"rows": 0, "status": MetadataValue.text(reason)})
         table = _daily(con, window, baseline, config)
-        _replace(con, "confidence_daily", CONFIDENCE_DDL, table, window)
+        replace_rows(con, "confidence_daily", CONFIDENCE_DDL, table, window)
     alerts = table.filter(pl.col("alert").is_not_null())
     return MaterializeResult(
         metadata={
@@ -70,7 +70,7 @@ def confidence_monitor(
             "alerts": alerts.height,
             "window": f"{window[0]}..{window[1]}",
             "baseline": MetadataValue.json(baseline.describe()),
-            "preview": _preview(
+            "preview": preview(
                 table.select("day", "n", "ks_train", "ks_holdout", "low_margin_share", "alert")
             ),
         }

@@ -12,8 +12,8 @@ from dagster import (
     asset,
 )
 
-from pipelines.progress import progress_for
-from pipelines.resources import AuditConfig
+from assets.progress import progress_for
+from assets.resources import AuditConfig
 
 GATE_CHECK = "privacy_gate"
 
@@ -30,7 +30,8 @@ def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> Materia
         _remove_earlier_gate_outputs(audit.out_path / "privacy")
         return _skipped()
     from audits.models import load_served_model
-    from audits.privacy import Thresholds, extraction, run_privacy_audit, write_gate_outputs
+    from audits.privacy import Thresholds, extraction, run_privacy_audit
+    from reports.privacy import write_gate_outputs
 
     model = load_served_model(audit.model, trust_pickle=audit.trust_pickle)
     result = run_privacy_audit(

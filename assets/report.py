@@ -4,9 +4,8 @@ import duckdb as duckdb_module
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from pipelines.progress import progress_for
-from pipelines.resources import AuditConfig
-from pipelines.window import audit_window
+from assets.progress import progress_for
+from assets.resources import AuditConfig, audit_window
 from reports import data, pages
 
 REPORT_DEPS = [

@@ -17,10 +17,10 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 
 from assets.canaries import read_hits
-from assets.detection import POOL, _preview, _replace
+from assets.common import preview, replace_rows
+from assets.partitions import DUCKDB_POOL
+from assets.resources import AuditConfig, audit_window
 from audits import risk
-from pipelines.resources import AuditConfig
-from pipelines.window import audit_window
 
 RISK_REGISTER_DDL = (
     "CREATE TABLE IF NOT EXISTS risk_register (window_start DATE NOT NULL, "
@@ -134,7 +134,7 @@ def _decimals(values: list[float], most: int = 9) -> int | None:
 
 @asset(
     deps=["incidents", "forensics", "privacy_audit", "canary_hits", "confidence_monitor"],
-    pool=POOL,
+    pool=DUCKDB_POOL,
     group_name="report",
 )
 def risk_register(
@@ -153,8 +153,8 @@ def risk_register(
         found = findings(con, window, audit)
         register = risk.risk_register(found)
         matrix = risk.defence_matrix(found)
-        _replace(con, "risk_register", RISK_REGISTER_DDL, register, window)
-        _replace(con, "attack_defence_matrix", DEFENCE_MATRIX_DDL, matrix, window)
+        replace_rows(con, "risk_register", RISK_REGISTER_DDL, register, window)
+        replace_rows(con, "attack_defence_matrix", DEFENCE_MATRIX_DDL, matrix, window)
     out = audit.out_path
     path = risk.write_csv_atomic(register, out / "risk_register.csv")
     matrix_path = risk.write_csv_atomic(matrix, out / "attack_defence_matrix.csv")
@@ -165,7 +165,7 @@ def risk_register(
             "path": MetadataValue.path(str(path)),
             "matrix": MetadataValue.path(str(matrix_path)),
             "window": f"{window[0]}..{window[1]}",
-            "preview": _preview(register.select("threat", "likelihood", "impact", "risk")),
+            "preview": preview(register.select("threat", "likelihood", "impact", "risk")),
         }
     )
 

@@ -26,7 +26,7 @@ from dagster import AssetKey, DagsterInstance, execute_job, reconstructable
 from audits.catalog import scan_archive
 from pipelines import runner
 from pipelines.definitions import build_definitions, daily_audit_from_env
-from pipelines.resources import AuditConfig
+from assets.resources import AuditConfig
 sim, out, lake, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 lake = None if lake == "-" else lake
 files, _ = scan_archive(sim + "/logs")

@@ -29,8 +29,9 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audits.models import load_served_model  # noqa: E402
-from audits.privacy import Thresholds, membership, run_privacy_audit, write_gate_outputs  # noqa: E402
+from audits.privacy import Thresholds, membership, run_privacy_audit  # noqa: E402
 from audits.privacy.data import LabelledSet  # noqa: E402
+from reports.privacy import write_gate_outputs  # noqa: E402
 
 ATTACKS = membership.ATTACKS
 

@@ -32,9 +32,9 @@ from assets.ingest import ingest_assets, lake_ingest_assets
 from assets.monitoring import monitoring_assets
 from assets.privacy import privacy_assets
 from assets.report import report_assets
+from assets.resources import AuditConfig, StoreResource
 from assets.risk import risk_assets
 from pipelines.jobs import daily_audit_job, daily_audit_schedule
-from pipelines.resources import AuditConfig, StoreResource
 from pipelines.sensors import new_archive_files
 
 PROFILES = ("local", "k8s")

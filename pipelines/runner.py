@@ -17,11 +17,10 @@ from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 
+from assets.partitions import FIRST_DAY
+from assets.resources import RANGE_END_TAG, RANGE_START_TAG, AuditConfig
 from audits.errors import AuditFailed, InputError
 from pipelines.definitions import build_definitions, daily_audit_from_env
-from pipelines.partitions import FIRST_DAY
-from pipelines.resources import AuditConfig
-from pipelines.window import RANGE_END_TAG, RANGE_START_TAG
 
 _PRELOAD = ["pipelines.definitions", "audits.detectors", "audits.forensics", "reports.render"]
 _QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}

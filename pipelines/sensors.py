@@ -12,10 +12,10 @@ from dagster import (
     sensor,
 )
 
+from assets.resources import AuditConfig
 from audits.catalog import ArchiveFile, scan_archive
 from audits.errors import InputError
 from pipelines.jobs import daily_audit_job
-from pipelines.resources import AuditConfig
 
 
 def new_files(files: list[ArchiveFile], cursor: str | None) -> tuple[list[ArchiveFile], str]:

@@ -11,6 +11,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from audits.forensics import DEFAULT_NOISE_SCALE
+from audits.privacy.gate import write_gate_files
 from reports.data import privacy_verdicts
 from reports.render import SVG_RC, environment, svg_markup, write_atomically
 
@@ -143,3 +144,10 @@ def write_privacy_report(result: dict, path: str | Path, overview_href: str | No
     path = Path(path)
     write_atomically(path, render_privacy_report(result, overview_href))
     return path
+
+
+def write_gate_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write the gate's JSON result, JUnit XML and HTML report; returns their paths."""
+    paths = write_gate_files(result, out_dir)
+    write_privacy_report(result, paths["html"])
+    return paths

@@ -20,7 +20,7 @@ def _materialize(sim, out, **audit_kwargs):
     from dagster_duckdb import DuckDBResource
 
     from assets.monitoring import confidence_monitor
-    from pipelines.resources import AuditConfig
+    from assets.resources import AuditConfig
 
     audit = AuditConfig(logs=str(sim / "logs"), out_dir=str(out), **audit_kwargs)
     result = materialize(

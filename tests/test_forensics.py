@@ -208,7 +208,7 @@ def test_forensics_asset_fills_damage_scores_and_incidents(audited):
     from dagster_duckdb import DuckDBResource
 
     from assets.forensics import forensics
-    from pipelines.resources import AuditConfig
+    from assets.resources import AuditConfig
 
     sim, out, truth = audited
     db = str(out / "stealwatch.duckdb")
@@ -265,9 +265,9 @@ def test_the_asset_reads_the_store_as_a_frame_and_in_workers_as_in_process(audit
     equal those over the same events in memory estimated by two worker processes, with a
     training budget small enough to sample the busiest subjects."""
     from assets.forensics import ForensicsConfig, forensics_of
+    from assets.resources import AuditConfig
     from audits.errors import InputError
     from audits.event_source import DuckDBSource, FrameSource
-    from pipelines.resources import AuditConfig
 
     sim, out, _ = audited
     audit = AuditConfig(

@@ -236,8 +236,8 @@ def test_privacy_audit_asset_reports_a_failed_gate_and_the_run_goes_on(
     from dagster import materialize
 
     from assets.privacy import privacy_audit
+    from assets.resources import AuditConfig
     from audits.privacy import extraction
-    from pipelines.resources import AuditConfig
 
     monkeypatch.setattr(extraction, "DEFAULT_BUDGETS", (100,))
     monkeypatch.setattr(extraction, "FAMILIES", ("logistic_regression",))
@@ -260,7 +260,7 @@ def test_privacy_audit_asset_skips_without_data(tmp_path):
     from dagster import materialize
 
     from assets.privacy import privacy_audit
-    from pipelines.resources import AuditConfig
+    from assets.resources import AuditConfig
 
     result = materialize(
         [privacy_audit], resources={"audit": AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path))}
@@ -276,7 +276,7 @@ def test_skipped_privacy_audit_removes_an_earlier_runs_gate_outputs(tmp_path):
     from dagster import materialize
 
     from assets.privacy import privacy_audit
-    from pipelines.resources import AuditConfig
+    from assets.resources import AuditConfig
 
     earlier = tmp_path / "privacy"
     earlier.mkdir()

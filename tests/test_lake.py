@@ -179,8 +179,8 @@ def test_workers_without_a_lake_is_a_usage_error(sim, tmp_path: Path, capsys) ->
 
 def test_the_k8s_profile_runs_steps_as_jobs_over_the_lake(tmp_path: Path) -> None:
     pytest.importorskip("dagster_k8s")
+    from assets.resources import AuditConfig
     from pipelines.definitions import build_definitions
-    from pipelines.resources import AuditConfig
 
     audit = AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path / "out"))
     defs = build_definitions(audit, ":memory:", "s3://audit-lake/prod", "k8s")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from dagster import build_schedule_context, build_sensor_context
 
+from assets.resources import AuditConfig
 from pipelines.cli import main
 from pipelines.jobs import daily_audit_schedule
-from pipelines.resources import AuditConfig
 from pipelines.sensors import new_archive_files
 from tests.conftest import make_record, write_jsonl
 
@@ -203,8 +203,8 @@ def test_every_store_connection_takes_the_memory_limit(
 ) -> None:
     import duckdb
 
+    from assets.resources import StoreResource
     from audits import store
-    from pipelines.resources import StoreResource
 
     def limit(con) -> str:
         return con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]

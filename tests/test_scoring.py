@@ -86,9 +86,9 @@ def test_unsupervised_detectors_cannot_raise_a_zero_evidence_user():
 
 def test_detection_assets_write_tables(tmp_path, audited):
     from assets.detection import detection_assets
+    from assets.resources import AuditConfig
     from audits.schema import EVENTS_DDL
     from audits.store import user_day_select
-    from pipelines.resources import AuditConfig
 
     events = audited[0].with_columns(
         pl.lit("x").alias("source_file"),

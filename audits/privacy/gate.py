@@ -2,9 +2,9 @@
 
 ``run_privacy_audit`` measures membership leakage and extraction risk and judges both risks
 against the thresholds (by default: membership AUC at most 0.6, and no surrogate reaching 0.9
-fidelity within 1,000 queries); ``write_gate_outputs`` writes ``privacy_audit.json`` (with a
-verdict per risk), ``junit.xml`` (one testcase per risk, for CI systems) and
-``privacy_report.html``.
+fidelity within 1,000 queries); ``write_gate_files`` writes ``privacy_audit.json`` (with a
+verdict per risk) and ``junit.xml`` (one testcase per risk, for CI systems); the caller writes
+``privacy_report.html`` with ``reports.privacy.write_gate_outputs``.
 """
 
 from __future__ import annotations
@@ -232,10 +232,9 @@ def risk_verdicts(checks: list[dict]) -> dict[str, str]:
     return {check["risk"]: words[check["passed"]] for check in checks}
 
 
-def write_gate_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write the JSON result, the JUnit XML and the HTML report; returns their paths."""
-    from reports.privacy import write_privacy_report
-
+def write_gate_files(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write the JSON result and the JUnit XML; returns their paths and the path the HTML
+    report goes to (``reports.privacy.write_gate_outputs`` writes it)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +243,6 @@ def write_gate_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
     paths = {"json": out / JSON_NAME, "junit": out / JUNIT_NAME, "html": out / HTML_NAME}
     paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     paths["junit"].write_bytes(junit_xml(result))
-    write_privacy_report(result, paths["html"])
     return paths
 
 

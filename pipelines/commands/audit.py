@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_folder(args.out)
     if not args.lake:  # before the slow imports below: a busy or bad --db fails at once
         free_store(database_file(args.db or str(out / "stealwatch.duckdb"), out))
-    from pipelines.resources import AuditConfig
+    from assets.resources import AuditConfig
     from pipelines.runner import show_progress
 
     audit = AuditConfig(

@@ -91,7 +91,8 @@ def parse_budgets(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     """Audit, write the outputs, print one verdict line per risk; the exit code."""
     from audits.models import load_served_model
-    from audits.privacy import Thresholds, run_privacy_audit, write_gate_outputs
+    from audits.privacy import Thresholds, run_privacy_audit
+    from reports.privacy import write_gate_outputs
 
     output_folder(args.out)  # before the run: exit 1 must only mean "threshold exceeded"
     thresholds = Thresholds(args.max_membership_auc, args.max_fidelity)

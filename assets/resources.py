@@ -1,4 +1,5 @@
-"""Resources shared by every asset: where the archive and the outputs are, and the audit window."""
+"""Resources shared by every asset: where the archive and the outputs are, and the audit window
+(its partition range, else the configured days, else all days)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import datetime as dt
 from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_duckdb import DuckDBResource
 
 from audits import store
@@ -91,3 +92,27 @@ class AuditConfig(ConfigurableResource):
         start = dt.date.fromisoformat(self.start) if self.start else row[0]
         end = dt.date.fromisoformat(self.end) if self.end else row[1]
         return start, end
+
+
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def run_days(tags: dict[str, str]) -> tuple[dt.date, dt.date] | None:
+    """The days a run covers, from its partition tags (a single day or a range)."""
+    if PARTITION_TAG in tags:
+        day = dt.date.fromisoformat(tags[PARTITION_TAG])
+        return day, day
+    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+        return dt.date.fromisoformat(tags[RANGE_START_TAG]), dt.date.fromisoformat(
+            tags[RANGE_END_TAG]
+        )
+    return None
+
+
+def audit_window(
+    context: AssetExecutionContext, audit: AuditConfig, con
+) -> tuple[dt.date, dt.date] | None:
+    """The window an unpartitioned (window-level) asset audits in this run."""
+    return run_days(context.run.tags) or audit.window(con)
