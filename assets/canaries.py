@@ -10,42 +10,20 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from assets.common import preview, replace_rows
+from assets.common import preview
 from assets.partitions import DUCKDB_POOL
 from assets.resources import AuditConfig, audit_window
 from audits import canaries as cn
-
-CANARY_HITS_DDL = """
-CREATE TABLE IF NOT EXISTS canary_hits (
-    window_start DATE NOT NULL, window_end DATE NOT NULL,
-    canary VARCHAR NOT NULL, canary_kind VARCHAR NOT NULL, event_id VARCHAR NOT NULL,
-    ts TIMESTAMP, day DATE, user_id VARCHAR, source_ip VARCHAR, distance DOUBLE
-)
-"""
-CANARY_REGISTRY_DDL = """
-CREATE TABLE IF NOT EXISTS canary_registry (
-    window_start DATE NOT NULL, window_end DATE NOT NULL,
-    canary VARCHAR NOT NULL, canary_kind VARCHAR NOT NULL, definition VARCHAR, width BIGINT
-)
-"""
+from audits import tables
 
 
 def read_hits(con, window) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The window's ``canary_hits`` and ``canary_registry`` rows (empty when never run)."""
-    con.execute(CANARY_HITS_DDL)
-    con.execute(CANARY_REGISTRY_DDL)
-    params = list(window)
-    hits = con.sql(
-        "SELECT * EXCLUDE (window_start, window_end) FROM canary_hits "
-        "WHERE window_start = ? AND window_end = ? ORDER BY user_id, ts, event_id, canary",
-        params=params,
-    ).pl()
-    registry = con.sql(
-        "SELECT * EXCLUDE (window_start, window_end) FROM canary_registry "
-        "WHERE window_start = ? AND window_end = ? ORDER BY canary",
-        params=params,
-    ).pl()
-    return hits, registry
+    tables.create(con, tables.CANARY_HITS, tables.CANARY_REGISTRY)
+    return (
+        tables.read_window(con, tables.CANARY_HITS, window),
+        tables.read_window(con, tables.CANARY_REGISTRY, window),
+    )
 
 
 @asset(deps=["events"], pool=DUCKDB_POOL, group_name="detection")
@@ -56,8 +34,7 @@ def canary_hits(
     or within its tolerance), with the key, address and time that sent it."""
     registry = cn.load_registry(audit.canaries) if audit.canaries else None
     with duckdb.get_connection() as con:
-        con.execute(CANARY_HITS_DDL)
-        con.execute(CANARY_REGISTRY_DDL)
+        tables.create(con, tables.CANARY_HITS, tables.CANARY_REGISTRY)
         window = audit_window(context, audit, con)
         if window is None:
             return MaterializeResult(metadata={"rows": 0, "status": "no events"})
@@ -80,8 +57,8 @@ def canary_hits(
                     f"{len(never)} canaries cannot match queries of width "
                     f"{sorted(widths)}: {', '.join(never[:5])}"
                 )
-        replace_rows(con, "canary_hits", CANARY_HITS_DDL, hits, window)
-        replace_rows(con, "canary_registry", CANARY_REGISTRY_DDL, table, window)
+        tables.replace_window(con, tables.CANARY_HITS, hits, window)
+        tables.replace_window(con, tables.CANARY_REGISTRY, table, window)
     keys = hits["user_id"].n_unique() if hits.height else 0
     per_canary = (
         hits.group_by("canary")

@@ -1,22 +1,7 @@
-"""What the assets share: writing a window's rows of a table and previewing a frame."""
+"""What the assets share: a frame's preview for their metadata."""
 
 import polars as pl
 from dagster import MetadataValue
-
-
-def replace_rows(con, table: str, ddl: str, frame: pl.DataFrame, window) -> None:
-    """Create ``table`` when missing and replace its rows of ``window`` with ``frame``."""
-    con.execute(ddl)
-    con.execute(f"DELETE FROM {table} WHERE window_start = ? AND window_end = ?", list(window))
-    staged = frame.select(
-        pl.lit(window[0]).alias("window_start"), pl.lit(window[1]).alias("window_end"), pl.all()
-    )
-    con.register("_staged", staged.to_arrow())
-    try:
-        columns = ", ".join(staged.columns)
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _staged")
-    finally:
-        con.unregister("_staged")
 
 
 def preview(frame: pl.DataFrame, rows: int = 10) -> MetadataValue:

@@ -14,11 +14,11 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
-from assets.common import preview, replace_rows
+from assets.common import preview
 from assets.partitions import DUCKDB_POOL
 from assets.progress import progress_for
 from assets.resources import AuditConfig, audit_window
-from audits import store
+from audits import store, tables
 from audits.errors import InputError
 from audits.event_source import DuckDBSource
 from audits.features import FEATURE_COLUMNS, window_features
@@ -29,37 +29,7 @@ from audits.scoring import (
     build_incidents,
     group_features,
 )
-
-USER_FEATURES_DDL = (
-    "CREATE TABLE IF NOT EXISTS user_features (window_start DATE NOT NULL, "
-    "window_end DATE NOT NULL, user_id VARCHAR NOT NULL, "
-    + ", ".join(f"{c} DOUBLE" for c in FEATURE_COLUMNS)
-    + ")"
-)
-USER_SCORES_DDL = """
-CREATE TABLE IF NOT EXISTS user_scores (
-    window_start DATE NOT NULL, window_end DATE NOT NULL,
-    user_id VARCHAR NOT NULL, score DOUBLE, flagged BOOLEAN, n_events BIGINT,
-    score_extraction DOUBLE, score_entropy DOUBLE, score_iforest DOUBLE, score_lof DOUBLE,
-    score_ocsvm DOUBLE, score_autoencoder DOUBLE, score_group DOUBLE,
-    group_id VARCHAR, est_fidelity DOUBLE, first_cross_n BIGINT
-)
-"""
-SCORE_GROUPS_DDL = """
-CREATE TABLE IF NOT EXISTS score_groups (
-    window_start DATE NOT NULL, window_end DATE NOT NULL,
-    group_id VARCHAR NOT NULL, members VARCHAR[], score DOUBLE, flagged BOOLEAN,
-    threshold DOUBLE, threshold_method VARCHAR
-)
-"""
-INCIDENTS_DDL = """
-CREATE TABLE IF NOT EXISTS incidents (
-    window_start DATE NOT NULL, window_end DATE NOT NULL,
-    incident_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, subject VARCHAR NOT NULL,
-    members VARCHAR[], severity VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP,
-    n_events BIGINT, score DOUBLE, evidence VARCHAR
-)
-"""
+from audits.tables import read_window, replace_window
 
 
 def load_reference(audit: AuditConfig) -> np.ndarray | None:
@@ -113,7 +83,7 @@ def user_features(
         source = DuckDBSource(con, window)
         progress_for(context)(f"detection: features of each user in {window[0]}..{window[1]}")
         features = window_features(source, reference)
-        replace_rows(con, "user_features", USER_FEATURES_DDL, features, window)
+        replace_window(con, tables.USER_FEATURES, features, window)
     return MaterializeResult(
         metadata={
             "rows": features.height,
@@ -139,11 +109,7 @@ def user_scores(
             )
             return MaterializeResult(metadata={"rows": 0, "flagged": 0})
         progress_for(context)("detection: scoring every user with each detector")
-        features = con.sql(
-            "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
-            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
-            params=list(window),
-        ).pl()
+        features = read_window(con, tables.USER_FEATURES, window)
         if features.height == 0:
             features = None
         source = DuckDBSource(con, window)
@@ -152,12 +118,12 @@ def user_scores(
         )
         if summary["warning"]:
             context.log.warning(summary["warning"])
-        replace_rows(con, "user_scores", USER_SCORES_DDL, scores, window)
+        replace_window(con, tables.USER_SCORES, scores, window)
         groups = summary["groups"].with_columns(
             pl.lit(summary["threshold"]).alias("threshold"),
             pl.lit(summary["threshold_method"]).alias("threshold_method"),
         )
-        replace_rows(con, "score_groups", SCORE_GROUPS_DDL, groups, window)
+        replace_window(con, tables.SCORE_GROUPS, groups, window)
     path = audit.out_path / "user_scores.parquet"
     scores.write_parquet(path)
     flagged = scores.filter(pl.col("flagged"))
@@ -197,24 +163,11 @@ def incidents(
         window = _window_or_empty(context, audit, con)
         if window is None:
             return _canary_incidents_only(context, audit, con)
-        params = list(window)
         source = DuckDBSource(con, window)
-        features = con.sql(
-            "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
-            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
-            params=params,
-        ).pl()
-        scores = con.sql(
-            "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
-            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
-            params=params,
-        ).pl()
-        con.execute(SCORE_GROUPS_DDL)
-        groups = con.sql(
-            "SELECT * EXCLUDE (window_start, window_end) FROM score_groups "
-            "WHERE window_start = ? AND window_end = ? ORDER BY group_id",
-            params=params,
-        ).pl()
+        features = read_window(con, tables.USER_FEATURES, window)
+        scores = read_window(con, tables.USER_SCORES, window)
+        tables.create(con, tables.SCORE_GROUPS)
+        groups = read_window(con, tables.SCORE_GROUPS, window)
         threshold = (
             float(groups["threshold"][0])
             if groups.height
@@ -236,7 +189,7 @@ def incidents(
             else (pl.DataFrame(schema=INCIDENTS_SCHEMA))
         )
         table = pl.concat([table, _canary_incidents(con, window)])
-        replace_rows(con, "incidents", INCIDENTS_DDL, table, window)
+        replace_window(con, tables.INCIDENTS, table, window)
     return MaterializeResult(
         metadata={
             "rows": table.height,
@@ -263,7 +216,7 @@ def _canary_incidents_only(context, audit: AuditConfig, con) -> MaterializeResul
     if window is None:
         return MaterializeResult(metadata={"rows": 0})
     table = _canary_incidents(con, window)
-    replace_rows(con, "incidents", INCIDENTS_DDL, table, window)
+    replace_window(con, tables.INCIDENTS, table, window)
     return MaterializeResult(metadata={"rows": table.height, "canary": table.height})
 
 

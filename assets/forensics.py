@@ -18,43 +18,18 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 from dagster_duckdb import DuckDBResource
 
-from assets.common import preview, replace_rows
-from assets.detection import USER_SCORES_DDL, load_reference
+from assets.common import preview
+from assets.detection import load_reference
 from assets.partitions import DUCKDB_POOL
 from assets.progress import progress_for
 from assets.resources import AuditConfig, audit_window
 from audits import forensics as fx
+from audits import tables
 from audits.errors import InputError
 from audits.event_source import DuckDBSource, EventSource
-from audits.scoring import USER_SCORES_SCHEMA
 
-DAMAGE_DDL = """
-CREATE TABLE IF NOT EXISTS damage (
-    window_start DATE NOT NULL, window_end DATE NOT NULL,
-    subject VARCHAR NOT NULL, kind VARCHAR NOT NULL, members VARCHAR[],
-    est_fidelity DOUBLE, ci_low DOUBLE, ci_high DOUBLE, fidelity_probabilities DOUBLE,
-    queries BIGINT, queries_to_90 BIGINT, surrogate VARCHAR, reference VARCHAR,
-    curve VARCHAR, replay VARCHAR, trained_on BIGINT
-)
-"""
 # a store from before the training budget
 DAMAGE_MIGRATION = "ALTER TABLE damage ADD COLUMN IF NOT EXISTS trained_on BIGINT"
-DAMAGE_SCHEMA = {
-    "subject": pl.String,
-    "kind": pl.String,
-    "members": pl.List(pl.String),
-    "est_fidelity": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "fidelity_probabilities": pl.Float64,
-    "queries": pl.Int64,
-    "queries_to_90": pl.Int64,
-    "surrogate": pl.String,
-    "reference": pl.String,
-    "curve": pl.String,
-    "replay": pl.String,
-    "trained_on": pl.Int64,
-}
 
 
 class ForensicsConfig(Config):
@@ -87,9 +62,7 @@ def forensic_reference(
     ``--model`` when both are given, else a sample of unflagged users' logged traffic."""
     reference = load_reference(audit) if audit.model else None
     if reference is not None:
-        from audits.models import load_served_model
-
-        model = load_served_model(audit.model, trust_pickle=audit.trust_pickle)
+        model = audit.served_model()
         if reference.shape[1] != model.n_features_in:
             raise InputError(
                 f"reference data has {reference.shape[1]} columns, the model takes "
@@ -120,41 +93,22 @@ def forensics(
     to each incident and to legitimate users."""
     with duckdb.get_connection() as con:
         window = audit_window(context, audit, con)
-        con.execute(DAMAGE_DDL)
+        tables.create(con, tables.DAMAGE)
         con.execute(DAMAGE_MIGRATION)
         if window is None:
             return MaterializeResult(metadata={"rows": 0})
-        params = list(window)
-        con.execute(USER_SCORES_DDL)
-        scores = con.sql(
-            "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
-            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
-            params=params,
-        ).pl()
+        tables.create(con, tables.USER_SCORES)
+        scores = tables.read_window(con, tables.USER_SCORES, window)
         flagged = scores.filter(pl.col("flagged").fill_null(False))["user_id"].to_list()
-        con.execute("DELETE FROM damage WHERE window_start = ? AND window_end = ?", params)
+        tables.delete_window(con, tables.DAMAGE, window)
         if not flagged:
             context.log.info("no flagged users: no damage to estimate")
             return MaterializeResult(metadata={"rows": 0, "flagged": 0})
-        tables = {
-            r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()
-        }
         incidents = (
-            con.sql(
-                "SELECT incident_id, kind, subject, members FROM incidents "
-                "WHERE window_start = ? AND window_end = ?",
-                params=params,
-            ).pl()
-            if "incidents" in tables
-            else pl.DataFrame(
-                schema={
-                    "incident_id": pl.String,
-                    "kind": pl.String,
-                    "subject": pl.String,
-                    "members": pl.List(pl.String),
-                }
-            )
-        )
+            tables.read_window(con, tables.INCIDENTS, window, order=())
+            if tables.exists(con, tables.INCIDENTS)
+            else tables.INCIDENTS.empty()
+        ).select("incident_id", "kind", "subject", "members")
         table, fidelity, groups, incident_damage = forensics_of(
             config,
             audit,
@@ -292,7 +246,7 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
                 "trained_on": d.trained_on,
             }
         )
-    table = pl.DataFrame(rows, schema=DAMAGE_SCHEMA)
+    table = pl.DataFrame(rows, schema=tables.DAMAGE.schema)
     fidelity = {u: damages[(u,)].fidelity for u in flagged if (u,) in damages}
     incident_damage = {i: (damages[k], replays[k]) for i, k in incident_keys.items()}
     return table, fidelity, groups, incident_damage
@@ -300,7 +254,7 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
 
 def _write(con, window, table, fidelity, groups, incident_damage, audit) -> None:
     params = list(window)
-    replace_rows(con, "damage", DAMAGE_DDL, table, window)
+    tables.replace_window(con, tables.DAMAGE, table, window)
     updates = pl.DataFrame(
         {
             "user_id": list(fidelity),
@@ -342,12 +296,8 @@ def _write(con, window, table, fidelity, groups, incident_damage, audit) -> None
             )
         finally:
             con.unregister("_fx_incidents")
-    scores = con.sql(
-        "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
-        "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
-        params=params,
-    ).pl()
-    scores = scores.select([pl.col(c).cast(t) for c, t in USER_SCORES_SCHEMA.items()])
+    scores = tables.read_window(con, tables.USER_SCORES, window)
+    scores = scores.select([pl.col(c).cast(t) for c, t in tables.USER_SCORES.schema.items()])
     scores.write_parquet(audit.out_path / "user_scores.parquet")
 
 

@@ -46,6 +46,7 @@ def events(
 ) -> MaterializeResult:
     """Accepted events of each day partition; rejects quarantined with their reason."""
     say = progress_for(context)
+    audit.check_inputs()
     reader, unusable_gateway_lines = audit.reader_options()
     files_by_day = _files_by_day(audit.logs, reader)
     days = [dt.date.fromisoformat(key) for key in context.partition_keys]
@@ -119,9 +120,7 @@ def _files_by_day(logs: str, reader) -> dict[dt.date, list[ArchiveFile]]:
 def _model_width(audit: AuditConfig) -> int | None:
     if not audit.model:
         return None
-    from audits.models import load_served_model
-
-    return load_served_model(audit.model, trust_pickle=audit.trust_pickle).n_features_in
+    return audit.served_model().n_features_in
 
 
 ingest_assets = [events, ingest_summary]
@@ -139,6 +138,7 @@ ingest_assets = [events, ingest_summary]
 def plan_lake_days(context: OpExecutionContext, audit: AuditConfig):
     """One output per day of the run that has archive files (the last day when none has),
     with the model's input width (read once here, not once per day)."""
+    audit.check_inputs()
     reader, unusable = audit.reader_options()
     with_files = _files_by_day(audit.logs, reader)
     keys = [key for key in context.partition_keys if dt.date.fromisoformat(key) in with_files]

@@ -13,20 +13,12 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from assets.common import preview, replace_rows
+from assets.common import preview
 from assets.partitions import DUCKDB_POOL
 from assets.resources import AuditConfig, audit_window
 from audits import confidence as cf
+from audits import tables
 
-CONFIDENCE_DDL = """
-CREATE TABLE IF NOT EXISTS confidence_daily (
-    window_start DATE NOT NULL, window_end DATE NOT NULL, day DATE NOT NULL,
-    n BIGINT, sampled BIGINT, mean_confidence DOUBLE, median_margin DOUBLE,
-    ks_train DOUBLE, p_train DOUBLE, ks_holdout DOUBLE, p_holdout DOUBLE,
-    ks_margin_holdout DOUBLE, low_margin_share DOUBLE, baseline_share DOUBLE,
-    low_margin_threshold DOUBLE, reference_gap DOUBLE, alert VARCHAR, alert_detail VARCHAR
-)
-"""
 NEEDS = "needs --model (serving probabilities) and --train (better with --holdout)"
 
 
@@ -50,19 +42,16 @@ def confidence_monitor(
     like training data or shifts toward near-boundary queries."""
     baseline, reason = _baseline(audit, config)
     with duckdb.get_connection() as con:
-        con.execute(CONFIDENCE_DDL)
+        tables.create(con, tables.CONFIDENCE_DAILY)
         window = audit_window(context, audit, con)
         if window is None:
             return MaterializeResult(metadata={"rows": 0, "status": "no events"})
         if baseline is None:
-            con.execute(
-                "DELETE FROM confidence_daily WHERE window_start = ? AND window_end = ?",
-                list(window),
-            )
+            tables.delete_window(con, tables.CONFIDENCE_DAILY, window)
             context.log.info(f"confidence monitoring skipped: {reason}")
             return MaterializeResult(metadata={"rows": 0, "status": MetadataValue.text(reason)})
         table = _daily(con, window, baseline, config)
-        replace_rows(con, "confidence_daily", CONFIDENCE_DDL, table, window)
+        tables.replace_window(con, tables.CONFIDENCE_DAILY, table, window)
     alerts = table.filter(pl.col("alert").is_not_null())
     return MaterializeResult(
         metadata={
@@ -81,10 +70,9 @@ def _baseline(audit: AuditConfig, config: ConfidenceConfig) -> tuple[cf.Baseline
     """The model's confidences on its own data, or ``None`` and why not."""
     if not (audit.model and audit.train):
         return None, f"skipped: {NEEDS}"
-    from audits.models import load_served_model
     from audits.privacy.data import read_table, to_labelled
 
-    model = load_served_model(audit.model, trust_pickle=audit.trust_pickle)
+    model = audit.served_model()
     if model.label_only:
         return None, "skipped: the model serves labels only, so it has no confidences"
     kwargs = {

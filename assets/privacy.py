@@ -29,11 +29,10 @@ def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> Materia
     if not (audit.model and audit.train and audit.holdout):
         _remove_earlier_gate_outputs(audit.out_path / "privacy")
         return _skipped()
-    from audits.models import load_served_model
     from audits.privacy import Thresholds, extraction, run_privacy_audit
     from reports.privacy import write_gate_outputs
 
-    model = load_served_model(audit.model, trust_pickle=audit.trust_pickle)
+    model = audit.served_model()
     result = run_privacy_audit(
         model,
         audit.train,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
 
 from audits import store
 
@@ -58,6 +59,35 @@ class AuditConfig(ConfigurableResource):
     start: str | None = None
     end: str | None = None
     fp_budget: float = 0.01  # share of legitimate keys the detection threshold may flag
+    _served: object = PrivateAttr(default=None)  # the loaded model, once per run
+
+    def check_inputs(self) -> None:
+        """Fail early on a bad input (what the CLI checks on its arguments); keeps the model
+        loaded for the run's later assets."""
+        from audits.preflight import check_audit_inputs
+
+        served = check_audit_inputs(
+            logs=self.logs,
+            mapping=self.mapping,
+            canaries=self.canaries,
+            model=self.model,
+            trust_pickle=self.trust_pickle,
+            gateway_logs=self.gateway_logs,
+            reference=self.reference,
+            train=self.train,
+            holdout=self.holdout,
+        )
+        if served is not None:
+            self._served = served
+
+    def served_model(self):
+        """The served model (``None`` without ``model``), loaded once per run: Dagster gives
+        every step of an in-process run this one resource instance."""
+        if self.model and self._served is None:
+            from audits.models import load_served_model
+
+            self._served = load_served_model(self.model, trust_pickle=self.trust_pickle)
+        return self._served if self.model else None
 
     def reader_options(self):
         """How to read non-canonical logs (the gateway logs are loaded here, once)."""

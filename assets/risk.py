@@ -17,50 +17,28 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 
 from assets.canaries import read_hits
-from assets.common import preview, replace_rows
+from assets.common import preview
 from assets.partitions import DUCKDB_POOL
 from assets.resources import AuditConfig, audit_window
-from audits import risk
+from audits import risk, tables
+from audits.tables import exists, read_window, replace_window
 
-RISK_REGISTER_DDL = (
-    "CREATE TABLE IF NOT EXISTS risk_register (window_start DATE NOT NULL, "
-    "window_end DATE NOT NULL, " + ", ".join(f"{c} VARCHAR" for c in risk.REGISTER_COLUMNS) + ")"
-)
-DEFENCE_MATRIX_DDL = (
-    "CREATE TABLE IF NOT EXISTS attack_defence_matrix (window_start DATE NOT NULL, "
-    "window_end DATE NOT NULL, attack VARCHAR, "
-    + ", ".join(f"{c} VARCHAR" for c in risk.DEFENCES)
-    + ")"
-)
 PROBABILITY_SAMPLE = 2_000
-
-
-def _tables(con) -> set[str]:
-    return {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
-
-
-def _window_rows(con, table: str, window, order: str) -> pl.DataFrame:
-    return con.sql(
-        f"SELECT * EXCLUDE (window_start, window_end) FROM {table} "
-        f"WHERE window_start = ? AND window_end = ? ORDER BY {order}",
-        params=list(window),
-    ).pl()
 
 
 def findings(con, window, audit: AuditConfig) -> risk.Findings:
     """Everything the register is generated from, read from the store and the output folder."""
-    tables = _tables(con)
     incidents = (
-        _window_rows(con, "incidents", window, "incident_id")
-        if "incidents" in tables
+        read_window(con, tables.INCIDENTS, window)
+        if exists(con, tables.INCIDENTS)
         else pl.DataFrame(schema={"kind": pl.String, "subject": pl.String})
     )
-    damage = _window_rows(con, "damage", window, "kind, subject") if "damage" in tables else None
+    damage = read_window(con, tables.DAMAGE, window) if exists(con, tables.DAMAGE) else None
     hits, registry = read_hits(con, window)
     confidence = None
-    if "confidence_daily" in tables:
-        confidence = _window_rows(con, "confidence_daily", window, "day")
-    detection_ran = "user_scores" in tables and bool(
+    if exists(con, tables.CONFIDENCE_DAILY):
+        confidence = read_window(con, tables.CONFIDENCE_DAILY, window)
+    detection_ran = exists(con, tables.USER_SCORES) and bool(
         con.sql(
             "SELECT count(*) FROM user_scores WHERE window_start = ? AND window_end = ?",
             params=list(window),
@@ -145,16 +123,15 @@ def risk_register(
     likelihood, impact, risk, the control in place and the one to add; and the matrix of what
     each defence did against each attack in this audit."""
     with duckdb.get_connection() as con:
-        con.execute(RISK_REGISTER_DDL)
-        con.execute(DEFENCE_MATRIX_DDL)
+        tables.create(con, tables.RISK_REGISTER, tables.ATTACK_DEFENCE_MATRIX)
         window = audit_window(context, audit, con)
         if window is None:
             return MaterializeResult(metadata={"rows": 0, "status": "no events"})
         found = findings(con, window, audit)
         register = risk.risk_register(found)
         matrix = risk.defence_matrix(found)
-        replace_rows(con, "risk_register", RISK_REGISTER_DDL, register, window)
-        replace_rows(con, "attack_defence_matrix", DEFENCE_MATRIX_DDL, matrix, window)
+        replace_window(con, tables.RISK_REGISTER, register, window)
+        replace_window(con, tables.ATTACK_DEFENCE_MATRIX, matrix, window)
     out = audit.out_path
     path = risk.write_csv_atomic(register, out / "risk_register.csv")
     matrix_path = risk.write_csv_atomic(matrix, out / "attack_defence_matrix.csv")

@@ -101,7 +101,7 @@ def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
     """API Gateway access logs under ``root`` (JSON lines, any file name, gzip or not) as
     ``(request_id, user_id, source_ip, latency_ms, ts)``, and the count of lines that could not
     be used (unparseable, or without a request id)."""
-    from audits.store import rebatched
+    from audits.readers import rebatched
 
     root = Path(root)
     if not root.exists():
@@ -138,8 +138,7 @@ def load_gateway(root: str | Path) -> tuple[pa.Table, int]:
 
 def _gateway_text(path: Path) -> pa.Table:
     """One gateway log file's lines (``text``), gunzipped when it is gzip."""
-    from audits.readers import decompress_recoverable
-    from audits.store import split_lines
+    from audits.readers import decompress_recoverable, split_lines
 
     raw = path.read_bytes()
     data = decompress_recoverable(raw)[0] if raw[:2] == b"\x1f\x8b" else raw

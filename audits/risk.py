@@ -31,7 +31,7 @@ Recommended control for the extraction threats: the replayed defence (rate limit
 labels, rounding, and randomisation and deduplication where the replay has them) with the
 largest mean fidelity cut over the threat's incidents among those that block at most
 ``MAX_LEGIT_SHARE`` of legitimate users; a cut below ``MIN_CUT`` means no replayed defence
-helps and the keys themselves must go.
+helps and the keys themselves must go (both in :mod:`audits.defence_effects`).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from pathlib import Path
 
 import polars as pl
 
+from audits.defence_effects import defence_effects, describe_controls, effect_text, pct, recommend
+
 HIGH, MEDIUM, LOW, NOT_MEASURED = "high", "medium", "low", "not measured"
 FIDELITY_LEVELS = (0.9, 0.7)
 AUC_LEVELS = (0.6, 0.55)
 TPR_LEVELS = (0.05, 0.02)
-MAX_LEGIT_SHARE = 0.05
-MIN_CUT = 0.02
 
 EXTRACTION = "model extraction (one key)"
 SYBIL = "Sybil / distributed extraction"
@@ -107,10 +107,6 @@ def risk_of(likelihood: str, impact: str) -> str:
     return HIGH if score >= 6 else MEDIUM if score >= 3 else LOW
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
 def _damages(incidents: pl.DataFrame, kind: str) -> list[dict]:
     """The forensics damage (with its defence replay) of each incident of ``kind``."""
     if incidents.height == 0 or "damage" not in incidents.columns:
@@ -133,166 +129,6 @@ def _of_kind(incidents: pl.DataFrame, kind: str) -> pl.DataFrame:
 def _max_fidelity(damages: list[dict]) -> dict | None:
     scored = [d for d in damages if d.get("fidelity") is not None]
     return max(scored, key=lambda d: d["fidelity"]) if scored else None
-
-
-# ---------------------------------------------------------------- defence replay
-
-
-def defence_effects(damages: list[dict]) -> dict[str, dict]:
-    """Mean over the subjects' replays, per defence: fidelity without and with it, and the
-    legitimate cost. Keys: ``rate_limits`` (the combined limits, else the only one),
-    ``top1_labels``, ``rounding``, and ``randomisation`` / ``dedup`` when the replay has them."""
-    replays = [d["replay"] for d in damages if isinstance(d.get("replay"), dict)]
-    if not replays:
-        return {}
-
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
-
-    out: dict[str, dict] = {}
-    limits = []
-    for r in replays:
-        scenarios = r.get("rate_limit") or {}
-        chosen = scenarios.get("combined") or next(iter(scenarios.values()), None)
-        if chosen:
-            limits.append((r, chosen))
-    if limits:
-        first = limits[0][1]
-        out["rate_limits"] = {
-            "limits": ", ".join(
-                f"{v}/{k.removeprefix('per_')}" for k, v in first.get("limits", {}).items()
-            ),
-            "before": mean(r["fidelity"] for r, _ in limits),
-            "after": mean(c["fidelity"] for _, c in limits),
-            "blocked_share": mean(c["blocked"] / max(1, r["queries"]) for r, c in limits),
-            "legit_blocked": max(c["legit_blocked"] for _, c in limits),
-            "legit_users_affected": max(c["legit_users_affected"] for _, c in limits),
-            "legit_users": max(c["legit_users"] for _, c in limits),
-        }
-    top1 = [r["top1"] for r in replays if r.get("top1")]
-    if top1:
-        out["top1_labels"] = {
-            "before": mean(t["fidelity_without"] for t in top1),
-            "after": mean(t["fidelity"] for t in top1),
-            "legit_changed": max(t["legit_responses_changed"] for t in top1),
-            "legit_users_affected": max(t["legit_users_affected"] for t in top1),
-        }
-    rounding = [r["rounding"] for r in replays if r.get("rounding")]
-    if rounding:
-        out["rounding"] = {
-            "decimals": rounding[0]["decimals"],
-            "before": mean(t["fidelity_without"] for t in rounding),
-            "after": mean(t["fidelity"] for t in rounding),
-            "legit_changed": max(t["legit_responses_changed"] for t in rounding),
-        }
-    noisy = [r["randomisation"] for r in replays if r.get("randomisation")]
-    if noisy:
-        out["randomisation"] = {
-            "scale": noisy[0].get("scale"),
-            "before": mean(t.get("fidelity_without") for t in noisy),
-            "after": mean(t.get("fidelity") for t in noisy),
-            "legit_changed": max(t.get("legit_responses_changed", 0) for t in noisy),
-            "legit_labels_changed": max(t.get("legit_labels_changed", 0) for t in noisy),
-        }
-    dedup = [(r, r["dedup"]) for r in replays if r.get("dedup")]
-    if dedup:
-        out["dedup"] = {
-            "before": mean(r["fidelity"] for r, _ in dedup),
-            "after": mean(t.get("fidelity") for _, t in dedup),
-            "duplicate_share": mean(
-                t.get("duplicates", 0) / max(1, r["queries"]) for r, t in dedup
-            ),
-            "legit_affected": max(t.get("legit_queries_affected", 0) for _, t in dedup),
-        }
-    return out
-
-
-def _effect_text(name: str, e: dict | None, subjects: int) -> str:
-    if not e or e.get("before") is None:
-        return "not measured"
-    cut = f"their fidelity {_pct(e['before'])} → {_pct(e['after'])}"
-    of = f" (mean of {subjects} incident{'s' if subjects != 1 else ''})"
-    if name == "rate_limits":
-        return (
-            f"{e['limits']}: blocks {_pct(e['blocked_share'])} of their queries, {cut}{of}; "
-            f"blocks {e['legit_blocked']:,} legitimate queries of {e['legit_users_affected']} "
-            f"of {e['legit_users']} other keys"
-        )
-    if name == "top1_labels":
-        return (
-            f"their fidelity trained on probabilities {_pct(e['before'])} → on labels only "
-            f"{_pct(e['after'])}{of}; {e['legit_changed']:,} legitimate responses lose "
-            "their probabilities"
-        )
-    if name == "randomisation":
-        return (
-            f"noise scale {e['scale']}: {cut}{of}; {e['legit_changed']:,} legitimate responses "
-            f"changed, {e['legit_labels_changed']:,} labels changed"
-        )
-    if name == "dedup":
-        return (
-            f"{_pct(e['duplicate_share'])} of their queries are near-duplicates: {cut}{of}; "
-            f"{e['legit_affected']:,} legitimate queries answered from a neighbour"
-        )
-    return (
-        f"to {e['decimals']} decimal(s): {cut}{of}; "
-        f"{e['legit_changed']:,} legitimate responses changed"
-    )
-
-
-def recommend(effects: dict[str, dict]) -> str | None:
-    """The replayed defence that cuts fidelity most within the legitimate-cost bound, as text;
-    ``None`` when nothing was replayed."""
-    if not effects:
-        return None
-    options = []
-    for name, e in effects.items():
-        if e.get("before") is None or e.get("after") is None:
-            continue
-        if name == "rate_limits":
-            share = e["legit_users_affected"] / max(1, e["legit_users"])
-            if share > MAX_LEGIT_SHARE:
-                continue
-        options.append((e["before"] - e["after"], name, e))
-    if not options:
-        return None
-    cut, name, e = max(options, key=lambda o: (o[0], o[1]))
-    if cut < MIN_CUT:
-        return (
-            "no replayed defence cuts their fidelity by 2 points: revoke the keys found, keep "
-            "detection running and plant canaries"
-        )
-    label = {
-        "rate_limits": f"per-key rate limits ({e.get('limits', '')})",
-        "top1_labels": "serve top-1 labels only",
-        "rounding": f"round probabilities to {e.get('decimals')} decimal(s)",
-        "randomisation": f"randomise probabilities (noise scale {e.get('scale')})",
-        "dedup": "answer near-duplicate queries from a cache",
-    }[name]
-    return f"{label}: cuts their fidelity by {cut:.1%} ({_pct(e['before'])} → {_pct(e['after'])})"
-
-
-# ---------------------------------------------------------------- controls in place
-
-
-def describe_controls(controls: dict) -> dict[str, str]:
-    """What the logs show about each control, as text."""
-    out = {}
-    if controls.get("max_per_minute") is not None:
-        out["rate_limits"] = (
-            f"busiest key: {controls['max_per_minute']:,}/min, {controls['max_per_hour']:,}/h, "
-            f"{controls['max_per_day']:,}/day (any per-key limit in place is above these)"
-        )
-    share = controls.get("probabilities_share")
-    if share is not None:
-        if share <= 0:
-            out["output"] = "top-1 labels only (no probabilities logged)"
-        else:
-            decimals = controls.get("probability_decimals")
-            places = f", {decimals} decimals" if decimals is not None else ""
-            out["output"] = f"probabilities served on {share:.0%} of responses{places}"
-    return out
 
 
 # ---------------------------------------------------------------- the register
@@ -331,12 +167,12 @@ def _extraction_row(f: Findings, in_place: str) -> dict:
     if top is not None:
         impact = level(top["fidelity"], *FIDELITY_LEVELS)
         evidence += (
-            f"; highest est. copy fidelity {_pct(top['fidelity'])} ({top['subject']}, "
+            f"; highest est. copy fidelity {pct(top['fidelity'])} ({top['subject']}, "
             f"{top.get('queries', 0):,} queries)"
         )
     elif surrogate is not None:
         impact = level(surrogate, *FIDELITY_LEVELS)
-        evidence += f"; privacy audit: a surrogate reaches {_pct(surrogate)} at its query budget"
+        evidence += f"; privacy audit: a surrogate reaches {pct(surrogate)} at its query budget"
     else:
         impact = NOT_MEASURED
     advice = recommend(defence_effects(damages))
@@ -378,7 +214,7 @@ def _sybil_row(f: Findings, in_place: str) -> dict:
     top = _max_fidelity(fidelities)
     impact = NOT_MEASURED if top is None else level(top["fidelity"], *FIDELITY_LEVELS)
     if top is not None:
-        evidence += f"; highest group copy fidelity {_pct(top['fidelity'])} ({top['subject']})"
+        evidence += f"; highest group copy fidelity {pct(top['fidelity'])} ({top['subject']})"
     advice = recommend(defence_effects(damages))
     if advice is None:
         advice = (
@@ -454,7 +290,7 @@ def _canary_row(f: Findings) -> dict:
     top = _max_fidelity(_damages(f.incidents, "canary"))
     impact = MEDIUM if top is None else level(top["fidelity"], *FIDELITY_LEVELS)
     if top is not None:
-        evidence += f"; highest est. copy fidelity {_pct(top['fidelity'])} ({top['subject']})"
+        evidence += f"; highest est. copy fidelity {pct(top['fidelity'])} ({top['subject']})"
     advice = "review and revoke the keys that sent canaries; rotate the canaries they saw"
     return _row(CANARY, evidence, HIGH, impact, in_place, advice)
 
@@ -558,9 +394,9 @@ def defence_matrix(f: Findings) -> pl.DataFrame:
             members = sorted(set(f.canary_hits["user_id"].to_list()))
         row = {"attack": threat}
         for name in ("rate_limits", "top1_labels", "rounding", "randomisation"):
-            row[name] = _effect_text(name, effects.get(name), subjects)
+            row[name] = effect_text(name, effects.get(name), subjects)
         if "dedup" in effects:
-            row["dedup"] = _effect_text("dedup", effects["dedup"], subjects)
+            row["dedup"] = effect_text("dedup", effects["dedup"], subjects)
         else:
             row["dedup"] = _dedup_text(f.usage, members)
         row["canaries"] = _canary_text(f, members, kind)

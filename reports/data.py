@@ -16,6 +16,9 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from audits import tables
+from audits.tables import read_window
+
 Window = tuple[dt.date, dt.date]
 POPULATION_SAMPLE = 3000
 SUBJECT_SAMPLE = 2000
@@ -60,11 +63,7 @@ def load_scores(
         scored = scored_window(con, "user_scores", window)
         if scored is None:
             return None
-        frame = con.sql(
-            "SELECT * EXCLUDE (window_start, window_end) FROM user_scores "
-            "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
-            params=list(scored),
-        ).pl()
+        frame = read_window(con, tables.USER_SCORES, scored)
     else:
         return None
     if "threshold" not in frame.columns and con is not None and has_table(con, "score_groups"):
@@ -162,12 +161,7 @@ def incidents(con: duckdb.DuckDBPyConnection, window: Window) -> list[dict]:
     scored = scored_window(con, "incidents", window)
     if scored is None:
         return []
-    rows = _rows(
-        con,
-        "SELECT * EXCLUDE (window_start, window_end) FROM incidents "
-        "WHERE window_start = ? AND window_end = ? ORDER BY score DESC, incident_id",
-        list(scored),
-    )
+    rows = read_window(con, tables.INCIDENTS, scored, ("score DESC", "incident_id")).to_dicts()
     for row in rows:
         row["damage"] = _json_object(row.get("damage"))
         row["evidence"] = _json_list(row.get("evidence"))
@@ -250,18 +244,8 @@ def risk_tables(con: duckdb.DuckDBPyConnection, window: Window) -> dict | None:
     scored = scored_window(con, "risk_register", window)
     if scored is None:
         return None
-    register = _rows(
-        con,
-        "SELECT * EXCLUDE (window_start, window_end) FROM risk_register "
-        "WHERE window_start = ? AND window_end = ?",
-        list(scored),
-    )
-    matrix = _rows(
-        con,
-        "SELECT * EXCLUDE (window_start, window_end) FROM attack_defence_matrix "
-        "WHERE window_start = ? AND window_end = ?",
-        list(scored),
-    )
+    register = read_window(con, tables.RISK_REGISTER, scored).to_dicts()
+    matrix = read_window(con, tables.ATTACK_DEFENCE_MATRIX, scored).to_dicts()
     defences = [c for c in (matrix[0] if matrix else {}) if c != "attack"]
     return {"register": register, "matrix": matrix, "defences": defences}
 
@@ -293,12 +277,7 @@ def confidence_daily(con: duckdb.DuckDBPyConnection, window: Window) -> list[dic
     order; ``None`` when the monitor did not run or lacked the model and training data."""
     if not has_table(con, "confidence_daily"):
         return None
-    rows = _rows(
-        con,
-        "SELECT * EXCLUDE (window_start, window_end) FROM confidence_daily "
-        "WHERE window_start = ? AND window_end = ? ORDER BY day",
-        list(window),
-    )
+    rows = read_window(con, tables.CONFIDENCE_DAILY, window).to_dicts()
     return rows or None
 
 
@@ -355,11 +334,7 @@ def feature_percentiles(
     scored = scored_window(con, "user_features", window)
     if scored is None:
         return []
-    frame = con.sql(
-        "SELECT * EXCLUDE (window_start, window_end) FROM user_features "
-        "WHERE window_start = ? AND window_end = ? ORDER BY user_id",
-        params=list(scored),
-    ).pl()
+    frame = read_window(con, tables.USER_FEATURES, scored)
     if "user_id" not in frame.columns:
         return []
     numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c != "user_id"]

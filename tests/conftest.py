@@ -54,7 +54,7 @@ def toy():
     """A toy window's events, 800 of its queries with their answers, and the probability
     columns' labels (forensics and defence tests)."""
     from audits import forensics as fx
-    from audits.evaluation import toy_events
+    from audits.simulation.toy import toy_events
 
     events, _, _ = toy_events(1)
     X = np.asarray(events["features"].to_list())

@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 
 from audits.detectors import DirectionalScorer, reference_null
-from audits.evaluation import toy_events
 from audits.features import Reference, user_features
 from audits.scoring import audit_scores
+from audits.simulation.toy import toy_events
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from audits.detectors import DetectorSuite, DirectionalScorer, Standardiser
-from audits.evaluation import toy_events
 from audits.features import user_features
+from audits.simulation.toy import toy_events
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from audits.evaluation import toy_events
 from audits.event_source import DuckDBSource, FrameSource, pack
 from audits.features import window_features
 from audits.schema import EVENTS_DDL
 from audits.scoring import audit_scores, build_incidents
+from audits.simulation.toy import toy_events
 
 
 @pytest.fixture(scope="module")

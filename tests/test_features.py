@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from audits.evaluation import toy_events
 from audits.features import FEATURE_COLUMNS, repetition_features, user_features, with_sessions
+from audits.simulation.toy import toy_events
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from audits import forensics as fx
-from audits.evaluation import toy_events
+from audits.simulation.toy import toy_events
 
 
 def _linear_world(seed: int = 0, width: int = 5):
@@ -332,10 +332,11 @@ def test_the_asset_reads_the_store_as_a_frame_and_in_workers_as_in_process(audit
 
 
 def test_an_old_damage_table_gets_the_trained_on_column():
-    from assets.forensics import DAMAGE_DDL, DAMAGE_MIGRATION
+    from assets.forensics import DAMAGE_MIGRATION
+    from audits.tables import DAMAGE
 
     con = duckdb.connect()
-    con.execute(DAMAGE_DDL.replace(", trained_on BIGINT", ""))
+    con.execute(DAMAGE.ddl.replace(", trained_on BIGINT", ""))
     con.execute(DAMAGE_MIGRATION)
     con.execute(DAMAGE_MIGRATION)
     assert "trained_on" in [c[0] for c in con.sql("DESCRIBE damage").fetchall()]

@@ -9,8 +9,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from audits import forensics as fx
-from audits.evaluation import toy_events
 from audits.event_source import FrameSource
+from audits.simulation.toy import toy_events
 
 
 def _figures(costs: fx.LegitCosts) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from audits import schema, store
+from audits import readers, schema
 from audits.exporters import export_kserve, export_sagemaker
 from audits.formats import UNKNOWN_PRINCIPAL
 from pipelines.cli import main
@@ -198,9 +198,9 @@ def test_gateway_lines_logged_twice_give_one_principal_per_request(
 
 
 def test_line_split_across_scan_slices_matches_a_plain_split(monkeypatch) -> None:
-    monkeypatch.setattr(store, "_SCAN_BYTES", 7)  # many slices, lines crossing their bounds
+    monkeypatch.setattr(readers, "_SCAN_BYTES", 7)  # many slices, lines crossing their bounds
     data = b"".join(b"x" * n + b"\n" for n in (0, 3, 9, 1, 20, 6, 0)) + b"tail"
-    lines, bad = store.split_lines(data)
+    lines, bad = readers.split_lines(data)
     assert bad is None
     assert lines["text"].to_pylist() == data.decode().splitlines(keepends=True)
     assert lines["line_no"].to_pylist() == list(range(1, 9))

@@ -126,7 +126,7 @@ def test_a_crash_mid_day_leaves_the_database_as_it_was(
     def boom(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "_record_files", boom)
+    monkeypatch.setattr(store, "record_files", boom)
     files, _ = scan_archive(archive)
     with pytest.raises(OSError):
         store.ingest_day(con, DAY1, [f for f in files if f.day == DAY1])
@@ -268,7 +268,7 @@ def test_a_crash_mid_chunk_leaves_every_day_of_it_as_it_was(
     def boom(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "_record_files", boom)
+    monkeypatch.setattr(store, "record_files", boom)
     with pytest.raises(OSError):
         list(store.ingest_days(con, plan))  # the first day again, and three new ones
     assert _tables(con) == before

@@ -204,14 +204,14 @@ def test_every_store_connection_takes_the_memory_limit(
     import duckdb
 
     from assets.resources import StoreResource
-    from audits import store
+    from audits import connection, store
 
     def limit(con) -> str:
         return con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
 
     monkeypatch.setenv("STEALWATCH_DUCKDB_MEMORY", "")  # unset: the project's default
     with store.connect(tmp_path / "a.duckdb") as con:
-        assert limit(con) == limit(duckdb.connect(config={"memory_limit": store.MEMORY_LIMIT}))
+        assert limit(con) == limit(duckdb.connect(config={"memory_limit": connection.MEMORY_LIMIT}))
     out = tmp_path / "out"
     args = ["audit", "--logs", str(archive), "--out", str(out), "--quiet"]
     assert main([*args, "--duckdb-memory", "300MB"]) == 0  # also sets it for what follows

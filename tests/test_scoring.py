@@ -12,7 +12,6 @@ import pytest
 from dagster import asset, materialize
 from dagster_duckdb import DuckDBResource
 
-from audits.evaluation import toy_events
 from audits.scoring import (
     FP_BUDGET,
     USER_SCORES_SCHEMA,
@@ -22,6 +21,7 @@ from audits.scoring import (
     choose_threshold,
     combine,
 )
+from audits.simulation.toy import toy_events
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from audits.catalog import scan_archive
 from audits.errors import InputError
+from audits.preflight import check_audit_inputs
 from pipelines.commands.outputs import database_file, free_store, hold_store, output_folder
 
 
@@ -115,12 +116,6 @@ def parse_day(value: str | None, flag: str) -> dt.date | None:
         raise InputError(f"{flag} must be a date as YYYY-MM-DD, got {value!r}") from None
 
 
-def _existing(path: str | None, what: str) -> str | None:
-    if path is not None and not Path(path).exists():
-        raise InputError(f"{what} not found: {path}")
-    return path
-
-
 def audit_days(logs: str, start: dt.date | None, end: dt.date | None) -> tuple[dt.date, dt.date]:
     """The day range to audit: the archive's days, narrowed by ``start``/``end``."""
     if start and end and start > end:
@@ -139,33 +134,31 @@ def audit_days(logs: str, start: dt.date | None, end: dt.date | None) -> tuple[d
 
 
 def run(args: argparse.Namespace) -> int:
-    from audits import store
+    from audits import connection
 
     if args.duckdb_memory is not None:
         # set for this process and the step processes it starts
-        os.environ[store.MEMORY_ENV] = store.checked_size(args.duckdb_memory)
-    store.memory_limit()  # fail now on a bad size, from the flag or the environment
+        try:
+            os.environ[connection.MEMORY_ENV] = connection.checked_size(args.duckdb_memory)
+        except InputError as exc:
+            raise InputError(f"--duckdb-memory: {exc}") from None
+    connection.memory_limit()  # fail now on a bad size, from the flag or the environment
     if not 0.0 < args.fp_budget < 0.5:
         raise InputError(f"--fp-budget must be above 0 and below 0.5, got {args.fp_budget}")
-    mapping = _existing(args.mapping, "field mapping")
-    if mapping:
-        from audits.formats import load_mapping
-
-        load_mapping(mapping)  # fail now on a bad mapping
-    start, end = audit_days(
-        _existing(args.logs, "log archive"),
-        parse_day(args.start, "--start"),
-        parse_day(args.end, "--end"),
+    check_audit_inputs(  # the same checks the first asset runs, before any work here
+        logs=args.logs,
+        mapping=args.mapping,
+        canaries=args.canaries,
+        model=args.model,
+        trust_pickle=args.trust_pickle,
+        gateway_logs=args.gateway_logs,
+        reference=args.reference,
+        train=args.train,
+        holdout=args.holdout,
     )
-    canaries = _existing(args.canaries, "canary registry")
-    if canaries:
-        from audits.canaries import load_registry
-
-        load_registry(canaries)  # fail now on a bad registry
-    if args.model:  # fail before any work on a model that cannot be loaded
-        from audits.models import load_served_model
-
-        load_served_model(_existing(args.model, "model"), trust_pickle=args.trust_pickle)
+    start, end = audit_days(
+        args.logs, parse_day(args.start, "--start"), parse_day(args.end, "--end")
+    )
     out = output_folder(args.out)
     if not args.lake:  # before the slow imports below: a busy or bad --db fails at once
         free_store(database_file(args.db or str(out / "stealwatch.duckdb"), out))
@@ -176,16 +169,16 @@ def run(args: argparse.Namespace) -> int:
         logs=args.logs,
         out_dir=str(out),
         log_format=args.log_format,
-        gateway_logs=_existing(args.gateway_logs, "gateway logs"),
-        mapping=mapping,
+        gateway_logs=args.gateway_logs,
+        mapping=args.mapping,
         principal_header=args.principal_header,
         ip_header=args.ip_header,
         session_header=args.session_header,
-        model=_existing(args.model, "model"),
-        reference=_existing(args.reference, "reference data"),
-        train=_existing(args.train, "training data"),
-        holdout=_existing(args.holdout, "holdout data"),
-        canaries=canaries,
+        model=args.model,
+        reference=args.reference,
+        train=args.train,
+        holdout=args.holdout,
+        canaries=args.canaries,
         label_column=args.label_column,
         trust_pickle=args.trust_pickle,
         start=start.isoformat(),
