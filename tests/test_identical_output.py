@@ -1,6 +1,11 @@
 """The audit's figures do not depend on the path that ran it, nor on the run: the CLI and a
 direct materialisation of the daily job for one partition (the schedule's path) give the same
-user scores and incidents, and a second CLI run gives the same files."""
+user scores and incidents, and a second CLI run gives the same incident pages.
+
+Floats are compared to 1e-12 relative: DuckDB's parallel aggregation sums in a varying order,
+so a feature (and the LOF/OCSVM scores computed from it) can move in its last bit between two
+runs of the same code; every other value, the flags and the combined score included, must be
+equal."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from pipelines.cli import main
 
@@ -88,8 +94,13 @@ def test_the_audit_found_something_to_compare(audits: dict[str, Path]) -> None:
 def test_user_scores_and_incidents_are_identical(audits: dict[str, Path], other: str) -> None:
     ours = pl.read_parquet(audits["cli"] / "user_scores.parquet")
     theirs = pl.read_parquet(audits[other] / "user_scores.parquet")
-    assert ours.equals(theirs)
-    assert _incidents(audits["cli"]).equals(_incidents(audits[other]))
+    _same_figures(ours, theirs)
+    assert ours["flagged"].equals(theirs["flagged"])
+    _same_figures(_incidents(audits["cli"]), _incidents(audits[other]))
+
+
+def _same_figures(ours: pl.DataFrame, theirs: pl.DataFrame) -> None:
+    assert_frame_equal(ours, theirs, check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
 
 
 def test_a_second_run_writes_the_same_incident_pages(audits: dict[str, Path]) -> None:
