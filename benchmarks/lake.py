@@ -25,7 +25,7 @@ warnings.simplefilter("ignore")
 from dagster import AssetKey, DagsterInstance, execute_job, reconstructable
 from audits.catalog import scan_archive
 from pipelines import runner
-from pipelines.definitions import build_definitions, daily_audit_from_env
+from pipelines import definitions
 from assets.resources import AuditConfig
 sim, out, lake, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 lake = None if lake == "-" else lake
@@ -38,12 +38,14 @@ database = ":memory:" if lake else out + "/stealwatch.duckdb"
 start = time.perf_counter()
 if workers > 1:
     config = {"execution": {"config": {"multiprocess": {"max_concurrent": workers,
-              "start_method": {"forkserver": {"preload_modules": runner._PRELOAD}}}}}}
-    with runner._child_environment(audit, database, lake), runner._temporary_instance() as inst:
-        result = execute_job(reconstructable(daily_audit_from_env), instance=inst, tags=tags,
-                             run_config=config, asset_selection=selection)
+              "start_method": {"forkserver": {"preload_modules": runner._PRELOAD}}}}},
+              "resources": definitions.per_run_resources(audit, database, lake)}
+    with runner._child_environment(), runner._temporary_instance() as inst:
+        job = reconstructable(definitions.daily_audit_configured_per_run)
+        result = execute_job(job, instance=inst, tags=tags, run_config=config,
+                             asset_selection=selection)
 else:
-    job = build_definitions(audit, database, lake).resolve_job_def("daily_audit")
+    job = definitions.build_definitions(audit, database, lake).resolve_job_def("daily_audit")
     result = job.execute_in_process(instance=DagsterInstance.ephemeral(), tags=tags,
                                     asset_selection=selection)
 seconds = time.perf_counter() - start

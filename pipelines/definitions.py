@@ -7,9 +7,9 @@ deployed resources: ``STEALWATCH_LOGS`` (archive root), ``STEALWATCH_OUT`` (outp
 ``STEALWATCH_MODEL``, ``STEALWATCH_REFERENCE``, ``STEALWATCH_TRAIN``, ``STEALWATCH_HOLDOUT``,
 ``STEALWATCH_CANARIES`` (the canary registry, TOML), ``STEALWATCH_LAKE`` (a path or
 ``s3://bucket/prefix``: the Parquet storage mode; unset, the DuckDB file),
-``STEALWATCH_DUCKDB_MEMORY`` (DuckDB's memory limit, default 1GB) and
-``STEALWATCH_AUDIT_CONFIG`` (every AuditConfig field as JSON; the CLI sets it for the
-processes of a multiprocess run).
+and ``STEALWATCH_DUCKDB_MEMORY`` (DuckDB's memory limit, default 1GB). A multiprocess run of
+the CLI does not go through the environment: its settings travel in the run's config
+(:func:`daily_audit_configured_per_run`).
 
 ``STEALWATCH_ENV`` picks the deployment profile: ``local`` (default: the daily-audit job runs
 its steps in-process or in local processes) or ``k8s`` (each step a Kubernetes job through
@@ -19,7 +19,6 @@ its steps in-process or in local processes) or ``k8s`` (each step a Kubernetes j
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -116,30 +115,42 @@ def k8s_executor():
 
 def resources_from_env() -> tuple[AuditConfig, str, str | None]:
     """The audit settings, the DuckDB file and the lake root the environment names."""
-    out_dir = os.environ.get("STEALWATCH_OUT", "stealwatch-out")
-    if os.environ.get("STEALWATCH_AUDIT_CONFIG"):
-        audit = AuditConfig(**json.loads(os.environ["STEALWATCH_AUDIT_CONFIG"]))
-    else:
-        audit = AuditConfig(
-            logs=os.environ.get("STEALWATCH_LOGS", "archive"),
-            out_dir=out_dir,
-            model=os.environ.get("STEALWATCH_MODEL"),
-            reference=os.environ.get("STEALWATCH_REFERENCE"),
-            train=os.environ.get("STEALWATCH_TRAIN"),
-            holdout=os.environ.get("STEALWATCH_HOLDOUT"),
-            canaries=os.environ.get("STEALWATCH_CANARIES"),
-        )
+    audit = AuditConfig(
+        logs=os.environ.get("STEALWATCH_LOGS", "archive"),
+        out_dir=os.environ.get("STEALWATCH_OUT", "stealwatch-out"),
+        model=os.environ.get("STEALWATCH_MODEL"),
+        reference=os.environ.get("STEALWATCH_REFERENCE"),
+        train=os.environ.get("STEALWATCH_TRAIN"),
+        holdout=os.environ.get("STEALWATCH_HOLDOUT"),
+        canaries=os.environ.get("STEALWATCH_CANARIES"),
+    )
     lake = os.environ.get("STEALWATCH_LAKE") or None
     default_db = ":memory:" if lake else str(Path(audit.out_dir) / "stealwatch.duckdb")
     return audit, os.environ.get("STEALWATCH_DB", default_db), lake
 
 
-def daily_audit_from_env() -> JobDefinition:
-    """The daily-audit job bound to the environment's resources: what the processes of a
-    multiprocess run rebuild (``dagster.reconstructable`` needs a module-level factory)."""
-    audit, database, lake = resources_from_env()
-    profile = os.environ.get("STEALWATCH_ENV", "local")
-    return build_definitions(audit, database, lake, profile).resolve_job_def("daily_audit")
+def daily_audit_configured_per_run() -> JobDefinition:
+    """The daily-audit job over a lake, its store and audit settings given by each run's
+    config (``resources.duckdb`` and ``resources.audit``): what the processes of a
+    multiprocess run rebuild (``dagster.reconstructable`` needs a module-level factory), so
+    they take the settings the run was launched with, not the environment's."""
+    return Definitions(
+        assets=[*lake_ingest_assets, *AUDIT_ASSETS],
+        jobs=[daily_audit_job],
+        resources={
+            "duckdb": StoreResource.configure_at_launch(),
+            "audit": AuditConfig.configure_at_launch(),
+        },
+    ).resolve_job_def("daily_audit")
+
+
+def per_run_resources(audit: AuditConfig, database: str, lake: str) -> dict:
+    """The run config of :func:`daily_audit_configured_per_run` for these settings."""
+    fields = {name: getattr(audit, name) for name in AuditConfig.model_fields}
+    return {
+        "duckdb": {"config": {"database": database, "lake": lake}},
+        "audit": {"config": {k: v for k, v in fields.items() if v is not None}},
+    }
 
 
 defs = build_definitions(*resources_from_env(), os.environ.get("STEALWATCH_ENV", "local"))

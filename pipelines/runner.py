@@ -4,7 +4,6 @@ schedule runs."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import sys
@@ -20,7 +19,11 @@ from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructa
 from assets.partitions import FIRST_DAY
 from assets.resources import RANGE_END_TAG, RANGE_START_TAG, AuditConfig
 from audits.errors import AuditFailed, InputError
-from pipelines.definitions import build_definitions, daily_audit_from_env
+from pipelines.definitions import (
+    build_definitions,
+    daily_audit_configured_per_run,
+    per_run_resources,
+)
 
 _PRELOAD = ["pipelines.definitions", "audits.detectors", "audits.forensics", "reports.render"]
 _QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -122,6 +125,7 @@ def _run_multiprocess(
 ) -> None:
     run_config = {
         **_QUIET_DAGSTER,
+        "resources": per_run_resources(audit, database, lake),
         "execution": {
             "config": {
                 "multiprocess": {
@@ -133,9 +137,9 @@ def _run_multiprocess(
             }
         },
     }
-    with _child_environment(audit, database, lake), _temporary_instance() as instance:
+    with _child_environment(), _temporary_instance() as instance:
         result = execute_job(
-            reconstructable(daily_audit_from_env),
+            reconstructable(daily_audit_configured_per_run),
             instance=instance,
             tags=tags,
             run_config=run_config,
@@ -160,14 +164,10 @@ def _run_multiprocess(
 
 
 @contextmanager
-def _child_environment(audit: AuditConfig, database: str, lake: str) -> Iterator[None]:
-    """The settings a multiprocess run's children rebuild their resources from."""
-    fields = {name: getattr(audit, name) for name in AuditConfig.model_fields}
+def _child_environment() -> Iterator[None]:
+    """How a multiprocess run's children print and compute (their audit settings come with
+    the run's config)."""
     values = {
-        "STEALWATCH_AUDIT_CONFIG": json.dumps(fields),
-        "STEALWATCH_DB": database,
-        "STEALWATCH_LAKE": lake,
-        "STEALWATCH_ENV": "local",
         "STEALWATCH_PROGRESS": "1" if logging.getLogger("stealwatch").handlers else "0",
         # OpenMP threads that spin at barriers starve each other when steps run side by side
         # (scikit-learn's gradient boosting took minutes instead of seconds): let them sleep
