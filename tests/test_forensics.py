@@ -74,7 +74,7 @@ def test_probabilities_train_a_second_surrogate():
 
 
 def _boosting():
-    return dict(fx._surrogates(0))["gradient_boosting"]
+    return fx.make_surrogate("gradient_boosting", 0)
 
 
 def test_boosting_on_bins_predicts_as_boosting_on_the_values():
@@ -109,7 +109,7 @@ def test_probabilities_train_the_boosting_surrogate_on_a_nonlinear_model():
     assert d.fidelity_probabilities is not None and d.fidelity_probabilities > 0.9
     ref_y = fx.as_labels(served(ref).argmax(axis=1))
     labels = fx.as_labels(p.argmax(axis=1))
-    agree, name = fx._agreement(X, labels, ref, ref_y, 0, p, fx.as_labels([0, 1]))
+    agree, name = fx.agreement(X, labels, ref, ref_y, 0, p, fx.as_labels([0, 1]))
     assert name == "gradient_boosting (probabilities)" and agree.mean() > 0.9
 
 
@@ -151,8 +151,7 @@ def test_replay_defences_reports_each_defence_and_its_cost():
         ref_X,
         ref_y,
         columns=columns,
-        rate_limits={"minute": 10, "day": 150},
-        round_decimals=1,
+        settings=fx.DefenceSettings.of({"minute": 10, "day": 150}, round_decimals=1),
     )
     per_day = out["rate_limit"]["per_day"]
     assert per_day["blocked"] == out["queries"] - 2 * 150
@@ -163,8 +162,8 @@ def test_replay_defences_reports_each_defence_and_its_cost():
     assert out["top1"]["legit_responses_changed"] == legit.height
     assert 0 <= out["rounding"]["fidelity"] <= 1
     json.dumps(out)
-    with pytest.raises(ValueError):
-        fx.replay_defences(subject, legit, ref_X, ref_y, rate_limits={"week": 1})
+    with pytest.raises(ValueError, match="unknown rate-limit periods"):
+        fx.DefenceSettings.of({"week": 1})
 
 
 def test_logged_reference_leaves_out_suspects():
