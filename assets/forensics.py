@@ -80,6 +80,7 @@ class ForensicsConfig(Config):
         return {k: int(v) for k, v in limits.items() if v is not None and v > 0}
 
     def settings(self) -> fx.ForensicsSettings:
+        """The run's settings, the defences spelled once in their :class:`DefenceSettings`."""
         defences = fx.DefenceSettings.of(
             self.rate_limits(),
             self.round_decimals,

@@ -38,6 +38,25 @@ def test_damage_grows_with_queries_and_reaches_the_model():
     assert small.fidelity < d.fidelity
 
 
+def test_the_curve_refits_only_the_family_better_on_all_the_traffic():
+    """Nonlinear answers: boosting wins on the full traffic, and every curve point is the
+    boosting surrogate's fidelity from the first k queries (one fit per point, not two)."""
+    rng = np.random.default_rng(6)
+    X, ref = rng.normal(size=(1500, 4)), rng.normal(size=(1500, 4))
+
+    def label(A):
+        return (A[:, 0] * A[:, 1] > 0).astype(int)
+
+    d = fx.estimate_damage(X, label(X), ref, label(ref), seed=0)
+    assert d.surrogate == "gradient_boosting (labels)"
+    ref_y = fx.as_labels(label(ref))
+    for k, value in d.curve[:-1]:
+        agree, name = fx.agreement(
+            X[:k], fx.as_labels(label(X[:k])), ref, ref_y, 0, families=("gradient_boosting",)
+        )
+        assert value == round(float(agree.mean()), 4) and name.startswith("gradient_boosting")
+
+
 def test_damage_labels_compare_as_text_and_constant_answers():
     rng, _, label, ref = _linear_world(1)
     X = rng.normal(size=(300, ref.shape[1]))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from audits.forensics.surrogates import agreement, as_labels
+from audits.forensics.surrogates import agreement, as_labels, winner
 from audits.forensics.traffic import Traffic
 
 CURVE_POINTS = 8
@@ -49,9 +49,11 @@ class Damage:
     surrogate: str = ""
     fidelity_probabilities: float | None = None
     trained_on: int = 0
+    surrogate_probabilities: str = ""  # the better probability-trained surrogate ("": none)
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out.pop("surrogate_probabilities")
         out["ci"] = list(self.ci)
         out["curve"] = [list(p) for p in self.curve]
         return out
@@ -121,7 +123,9 @@ def estimate_damage(
     Each surrogate (the full traffic, every curve point's first k queries) trains on at most
     ``budget`` queries of its training set (:func:`training_rows`; 0: no budget), so the cost
     stays bounded whatever the subject's volume; a subject within the budget is estimated from
-    every query. ``Damage.trained_on`` says how many the full-traffic surrogates used."""
+    every query. ``Damage.trained_on`` says how many the full-traffic surrogates used. The
+    full traffic is fitted by every label-trained family; the curve points and the search for
+    90% refit only the family that was better on the full traffic."""
     X = np.asarray(features, dtype=np.float64)
     y = as_labels(answers)
     ref_X = np.asarray(reference_X, dtype=np.float64)
@@ -137,24 +141,28 @@ def estimate_damage(
         return Damage(0.0, (0.0, 0.0), [], None, 0, "none")
     draws = budget_draws(n, seed)
 
-    def fidelity_of(k: int) -> tuple[np.ndarray, str]:
-        rows = training_rows(np.arange(k), draws, budget)
-        return agreement(X[rows], y[rows], ref_X, ref_y, seed)
-
     full = training_rows(np.arange(n), draws, budget)
-    agree, name = fidelity_of(n)
+    agree, name = agreement(X[full], y[full], ref_X, ref_y, seed)
     fid = round(float(agree.mean()), 4)
-    soft = None
+    soft, soft_name = None, ""
     if proba is not None:
-        soft_agree = agreement(X[full], y[full], ref_X, ref_y, seed, proba[full], columns)[0]
+        soft_agree, soft_name = agreement(
+            X[full], y[full], ref_X, ref_y, seed, proba[full], columns
+        )
         soft = round(float(soft_agree.mean()), 4)
+    families = winner(name)
+
+    def fidelity_of(k: int) -> float:
+        """The fidelity from the first ``k`` queries, of the family better on all of them."""
+        rows = training_rows(np.arange(k), draws, budget)
+        return float(agreement(X[rows], y[rows], ref_X, ref_y, seed, families=families)[0].mean())
+
     curve: list[tuple[int, float]] = []
     for k in curve_sizes(n, curve_points):
-        value = fid if k == n else round(float(fidelity_of(k)[0].mean()), 4)
-        curve.append((k, value))
+        curve.append((k, fid if k == n else round(fidelity_of(k), 4)))
     reached = _queries_to(curve, target, fidelity_of)
     ci = bootstrap_ci(agree, resamples=resamples, seed=seed)
-    return Damage(fid, ci, curve, reached, n, name, soft, len(full))
+    return Damage(fid, ci, curve, reached, n, name, soft, len(full), soft_name)
 
 
 def _queries_to(curve, target, fidelity_of, steps: int = 3) -> int | None:
@@ -171,7 +179,7 @@ def _queries_to(curve, target, fidelity_of, steps: int = 3) -> int | None:
         mid = (lo + hi) // 2
         if mid < 2:
             break
-        if fidelity_of(mid)[0].mean() >= target:
+        if fidelity_of(mid) >= target:
             hi = mid
         else:
             lo = mid

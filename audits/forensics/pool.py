@@ -54,6 +54,7 @@ class SubjectTask:
             soft_baseline=damage.fidelity_probabilities,
             settings=self.defences,
             budget=self.budget,
+            surrogates=(damage.surrogate, damage.surrogate_probabilities),
         )
         return damage, result
 

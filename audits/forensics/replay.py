@@ -17,7 +17,7 @@ from audits.forensics.defences import (
     randomise_probabilities,
     scenarios,
 )
-from audits.forensics.surrogates import agreement
+from audits.forensics.surrogates import agreement, winner
 from audits.forensics.traffic import Traffic, traffic
 
 
@@ -41,6 +41,7 @@ def replay_defences(
     baseline: float | None = None,
     soft_baseline: float | None = None,
     budget: int = TRAIN_BUDGET,
+    surrogates: tuple[str, str] = ("", ""),
 ) -> dict:
     """What each defence would have done to one subject (its events or :func:`traffic`; a key
     or a group's keys, each limited separately) and what it would have cost the legitimate
@@ -54,7 +55,10 @@ def replay_defences(
     surrogate trains on at most ``budget`` queries of what the defence let through
     (:func:`training_rows`). ``baseline`` and ``soft_baseline``: the label- and
     probability-trained fidelities on all the traffic when already known (the subject's
-    :class:`Damage` with the same seed and budget), which spares two refits."""
+    :class:`Damage` with the same seed and budget), which spares two refits; ``surrogates``:
+    the names of the better label- and probability-trained surrogates on all the traffic (the
+    Damage's ``surrogate`` and ``surrogate_probabilities``): each defence then refits only
+    that family ("": every family)."""
     width = reference_X.shape[1] if reference_X.ndim == 2 else None
     t = subject_events if isinstance(subject_events, Traffic) else traffic(subject_events, width)
     settings = DefenceSettings.of() if settings is None else settings
@@ -66,13 +70,25 @@ def replay_defences(
     use_proba = t.proba is not None and columns is not None and t.proba.shape[1] == len(columns)
     draws = budget_draws(len(t.y), seed)
 
+    families = {False: winner(surrogates[0]), True: winner(surrogates[1])}
+
+    label_fits: dict[bytes, float] = {}  # label fits by training rows: rate limits share some
+
     def fid(mask: np.ndarray, proba: np.ndarray | None = None) -> float:
         rows = training_rows(np.flatnonzero(mask), draws, budget)
         if len(rows) == 0:
             return 0.0
+        if proba is None and rows.tobytes() in label_fits:
+            return label_fits[rows.tobytes()]
         p = proba[rows] if proba is not None else None
-        agree, _ = agreement(t.X[rows], t.y[rows], reference_X, reference_y, seed, p, columns)
-        return round(float(agree.mean()), 4)
+        fams = families[proba is not None]
+        agree, _ = agreement(
+            t.X[rows], t.y[rows], reference_X, reference_y, seed, p, columns, families=fams
+        )
+        value = round(float(agree.mean()), 4)
+        if proba is None:
+            label_fits[rows.tobytes()] = value
+        return value
 
     everything = np.ones(len(t.y), dtype=bool)
     base = baseline if baseline is not None else fid(everything)

@@ -48,7 +48,7 @@ class ForensicsSettings:
 
 @dataclass
 class ForensicsResult:
-    """The damage rows (one per subject, :data:`DAMAGE_COLUMNS`), each flagged user's
+    """The damage rows (one per subject, the ``damage`` table's columns), each flagged user's
     fidelity, the linked groups ``{user_id: group_id}``, each incident's ``(damage, replay)``
     and the seconds of each phase."""
 
@@ -57,24 +57,6 @@ class ForensicsResult:
     groups: dict[str, str]
     incident_damage: dict[str, tuple[Damage, dict]]
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-DAMAGE_COLUMNS = (
-    "subject",
-    "kind",
-    "members",
-    "est_fidelity",
-    "ci_low",
-    "ci_high",
-    "fidelity_probabilities",
-    "queries",
-    "queries_to_90",
-    "surrogate",
-    "reference",
-    "curve",
-    "replay",
-    "trained_on",
-)
 
 
 def _members_key(members: Sequence[str]) -> tuple[str, ...]:

@@ -100,19 +100,19 @@ def agreement(
     seed: int,
     proba: np.ndarray | None = None,
     columns: np.ndarray | None = None,
+    families: tuple[str, ...] = LABEL_FAMILIES,
 ) -> tuple[np.ndarray, str]:
-    """Per reference row, whether the better surrogate agrees with the served answer, and
-    that surrogate's name. The surrogates fit the labels ``y``, or, when ``proba`` (columns =
-    ``columns``) is given, the served probabilities as soft labels; the gradient-boosting one
-    then trains on bins of the queries (:func:`to_bins`)."""
+    """Per reference row, whether the better surrogate of ``families`` agrees with the served
+    answer, and that surrogate's name. The surrogates fit the labels ``y``, or, when ``proba``
+    (columns = ``columns``) is given, the served probabilities as soft labels; the
+    gradient-boosting one then trains on bins of the queries (:func:`to_bins`)."""
     inputs = {"logistic_regression": (X, ref_X), "gradient_boosting": (X, ref_X)}
     if proba is not None and columns is not None:
         rows, y, w = soft_rows(proba, columns)
-        edges = quantile_edges(X)
-        inputs = {
-            "logistic_regression": (X[rows], ref_X),
-            "gradient_boosting": (to_bins(X, edges)[rows], to_bins(ref_X, edges)),
-        }
+        inputs = {"logistic_regression": (X[rows], ref_X)}
+        if "gradient_boosting" in families:
+            edges = quantile_edges(X)
+            inputs["gradient_boosting"] = (to_bins(X, edges)[rows], to_bins(ref_X, edges))
         target = "probabilities"
     else:
         w, target = None, "labels"
@@ -124,7 +124,7 @@ def agreement(
     best, best_name = None, ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in LABEL_FAMILIES:
+        for name in families:
             train_X, test_X = inputs[name]
             try:
                 model = _fit(name, make_surrogate(name, seed), train_X, y, w)
@@ -136,3 +136,10 @@ def agreement(
     if best is None:
         return np.zeros(len(ref_y), dtype=bool), "none"
     return best, best_name
+
+
+def winner(name: str) -> tuple[str, ...]:
+    """The family of a surrogate name :func:`agreement` returned (all of
+    :data:`LABEL_FAMILIES` for a constant or no surrogate)."""
+    family = name.split(" ", 1)[0]
+    return (family,) if family in LABEL_FAMILIES else LABEL_FAMILIES
