@@ -27,6 +27,7 @@ from audits import forensics as fx
 from audits import tables
 from audits.errors import InputError
 from audits.event_source import DuckDBSource, EventSource
+from audits.forensics.run import Reference
 
 # a store from before the training budget
 DAMAGE_MIGRATION = "ALTER TABLE damage ADD COLUMN IF NOT EXISTS trained_on BIGINT"
@@ -54,30 +55,36 @@ class ForensicsConfig(Config):
         }
         return {k: int(v) for k, v in limits.items() if v is not None and v > 0}
 
+    def settings(self) -> fx.ForensicsSettings:
+        """The run's settings, the defences spelled once in their :class:`DefenceSettings`."""
+        defences = fx.DefenceSettings.of(
+            self.rate_limits(),
+            self.round_decimals,
+            self.noise_scale,
+            self.dedup_tolerance,
+            seed=self.seed,
+        )
+        return fx.ForensicsSettings(
+            defences, self.reference_rows, self.train_budget, self.workers, self.seed
+        )
 
-def forensic_reference(
-    audit: AuditConfig, events: EventSource | pl.DataFrame, flagged: list[str], rows: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Reference inputs and the served model's answers on them: ``--reference`` labelled by
-    ``--model`` when both are given, else a sample of unflagged users' logged traffic."""
+
+def model_reference(audit: AuditConfig, rows: int, seed: int) -> Reference | None:
+    """``--reference`` labelled by ``--model`` when both are given (``None`` otherwise: the run
+    samples unflagged users' logged traffic)."""
     reference = load_reference(audit) if audit.model else None
-    if reference is not None:
-        model = audit.served_model()
-        if reference.shape[1] != model.n_features_in:
-            raise InputError(
-                f"reference data has {reference.shape[1]} columns, the model takes "
-                f"{model.n_features_in} inputs"
-            )
-        if len(reference) > rows:
-            pick = np.random.default_rng(seed).choice(len(reference), rows, replace=False)
-            reference = reference[np.sort(pick)]
-        return reference, np.asarray(model.predict(reference)), "reference"
-    X, y = fx.logged_reference(events, flagged, rows=rows, seed=seed)
-    return X, y, "logged"
-
-
-def _members_key(members) -> tuple[str, ...]:
-    return tuple(sorted(members))
+    if reference is None:
+        return None
+    model = audit.served_model()
+    if reference.shape[1] != model.n_features_in:
+        raise InputError(
+            f"reference data has {reference.shape[1]} columns, the model takes "
+            f"{model.n_features_in} inputs"
+        )
+    if len(reference) > rows:
+        pick = np.random.default_rng(seed).choice(len(reference), rows, replace=False)
+        reference = reference[np.sort(pick)]
+    return reference, np.asarray(model.predict(reference)), "reference"
 
 
 @asset(deps=["user_scores", "incidents"], pool=DUCKDB_POOL, group_name="forensics")
@@ -142,114 +149,16 @@ def forensics(
     )
 
 
-def _subjects(flagged, groups, incidents) -> list[tuple[str, str, list[str]]]:
-    """``(kind, subject, members)`` of every damage row: each flagged user, each linked group
-    and each group incident's members not linked as one group."""
-    subjects: list[tuple[str, str, list[str]]] = [("user", u, [u]) for u in sorted(flagged)]
-    linked: dict[str, list[str]] = {}
-    for uid, gid in groups.items():
-        linked.setdefault(gid, []).append(uid)
-    subjects += [("group", gid, sorted(m)) for gid, m in sorted(linked.items())]
-    for inc in incidents.iter_rows(named=True):
-        if inc["kind"] == "group" and inc["subject"] not in linked:
-            subjects.append(("group", inc["subject"], _incident_members(inc)))
-    seen: set[tuple[str, str]] = set()
-    unique = []
-    for kind, subject, members in subjects:
-        if (kind, subject) not in seen:
-            seen.add((kind, subject))
-            unique.append((kind, subject, members))
-    return unique
-
-
-def _incident_members(inc: dict) -> list[str]:
-    return sorted(inc["members"] or [inc["subject"]])
-
-
 def forensics_of(config, audit, source: EventSource, scores, flagged, incidents, log):
     """The damage table, each flagged user's fidelity, the linked groups and each incident's
-    ``(damage, replay)`` from the window's events in ``source``: one subject (a key or a group's
-    keys) read and estimated at a time, the legitimate users' defence costs once, a batch at a
-    time."""
-    if config.train_budget < 0:
-        raise InputError(f"train_budget must be 0 (no budget) or more, not {config.train_budget}")
-    if config.workers < 0:
-        raise InputError(f"workers must be 0 (one per core) or more, not {config.workers}")
-    seed = config.seed
-    ref_X, ref_y, ref_kind = forensic_reference(audit, source, flagged, config.reference_rows, seed)
-    if len(ref_y) == 0:
-        raise InputError(
-            "no reference inputs: give --reference and --model, or logs of "
-            "unflagged users with predictions"
-        )
-    ref_y = fx.as_labels(ref_y)
-    width, scale = ref_X.shape[1], ref_X.std(axis=0)
-    columns = fx.proba_columns(source)
-    existing = dict(zip(scores["user_id"].to_list(), scores["group_id"].to_list(), strict=True))
-    groups = fx.link_groups(source, flagged, existing=existing, scale=scale)
-    subjects = _subjects(flagged, groups, incidents)
-    incident_keys = {
-        inc["incident_id"]: _members_key(_incident_members(inc))
-        for inc in incidents.iter_rows(named=True)
-    }
-    defences = {
-        "rate_limits": config.rate_limits(),
-        "round_decimals": config.round_decimals,
-        "noise_scale": config.noise_scale,
-        "dedup_tolerance": config.dedup_tolerance,
-        "seed": seed,
-    }
-    replay_keys = set(incident_keys.values())
-    legit = None
-    if replay_keys:  # once per window: every incident's replay shares it
-        legit = fx.legit_costs(source, exclude=flagged, width=width, scale=scale, **defences)
-    task = fx.SubjectTask(ref_X, ref_y, columns, seed, config.train_budget, defences, legit)
-    keys = [*incident_keys.values(), *(_members_key(m) for _, _, m in subjects)]
-    # one subject's events read at a time, while the workers estimate the ones before it
-    work = (
-        (key, fx.traffic(source.fetch(list(key)), width), key in replay_keys)
-        for key in dict.fromkeys(keys)
-    )
-    workers = config.workers or fx.default_workers()
-    damages: dict[tuple[str, ...], fx.Damage] = {}
-    replays: dict[tuple[str, ...], dict] = {}
-    total = len(dict.fromkeys(keys))
-    log(f"forensics: {total} subjects (keys and groups) on {workers} worker(s)")
-    for number, (key, damage, replay) in enumerate(fx.estimate_subjects(task, work, workers), 1):
-        damages[key] = damage
-        if replay is not None:
-            replays[key] = replay
-        who = key[0] if len(key) == 1 else f"group of {len(key)} keys"
-        log(
-            f"forensics: subject {number}/{total}: {who}: fidelity {damage.fidelity:.3f}"
-            + (", defences replayed" if replay is not None else "")
-        )
-    rows = []
-    for kind, subject, members in subjects:
-        d = damages[_members_key(members)]
-        replay = replays.get(_members_key(members))
-        rows.append(
-            {
-                "subject": subject,
-                "kind": kind,
-                "members": members,
-                "est_fidelity": d.fidelity,
-                "ci_low": d.ci[0],
-                "ci_high": d.ci[1],
-                "fidelity_probabilities": d.fidelity_probabilities,
-                "queries": d.queries,
-                "queries_to_90": d.queries_to_90,
-                "surrogate": d.surrogate,
-                "reference": ref_kind,
-                "curve": json.dumps(d.curve),
-                "replay": json.dumps(replay) if replay is not None else None,
-                "trained_on": d.trained_on,
-            }
-        )
-    table = pl.DataFrame(rows, schema=tables.DAMAGE.schema)
-    fidelity = {u: damages[(u,)].fidelity for u in flagged if (u,) in damages}
-    incident_damage = {i: (damages[k], replays[k]) for i, k in incident_keys.items()}
-    return table, fidelity, groups, incident_damage
+    ``(damage, replay)`` from the window's events in ``source``
+    (:func:`audits.forensics.run_forensics`)."""
+    settings = config.settings()
+    settings.check()
+    reference = model_reference(audit, config.reference_rows, config.seed)
+    result = fx.run_forensics(source, scores, flagged, incidents, settings, reference, log)
+    table = pl.DataFrame(result.rows, schema=tables.DAMAGE.schema)
+    return table, result.fidelity, result.groups, result.incident_damage
 
 
 def _write(con, window, table, fidelity, groups, incident_damage, audit) -> None:

@@ -97,57 +97,47 @@ def reference(sim: Path):
     return ref, fx.as_labels(model.predict(ref))
 
 
-def timing(sim: Path, n: int, budget: int, store: Path | None = None) -> dict:
-    from threadpoolctl import threadpool_limits
-
+def timing(sim: Path, n: int, budget: int, store: Path | None = None, workers: int = 1) -> dict:
+    """The window's forensics (:func:`audits.forensics.run_forensics`, as the asset runs it)
+    with ``n`` suspects flagged, each an incident (so each is replayed), on ``workers``
+    processes: the seconds of each phase."""
     from audits import forensics as fx
 
     truth = json.loads((sim / "truth.json").read_text())
     t0 = time.perf_counter()
     source, close = open_events(sim, store)
     ref, ref_y = reference(sim)
-    width, scale = ref.shape[1], ref.std(axis=0)
     load_s = time.perf_counter() - t0
     counts = source.user_counts()
     attackers = [u["user_id"] for u in truth["users"] if u["role"] == "attacker"]
     busiest = sorted(counts, key=lambda u: (-counts[u], u))
     suspects = (attackers + [u for u in busiest if u not in set(attackers)])[:n]
-    columns = fx.proba_columns(source)
-    t1 = time.perf_counter()
-    groups = fx.link_groups(source, suspects, scale=scale)
-    link_s = time.perf_counter() - t1
-    legit = fx.legit_costs(source, exclude=suspects, width=width, scale=scale)
-    legit_s = time.perf_counter() - t1 - link_s
-    damage_s = replay_s = 0.0
-    queries = trained = 0
-    with threadpool_limits(1):
-        for uid in suspects:
-            t2 = time.perf_counter()
-            t = fx.traffic(source.fetch([uid]), width)
-            d = fx.damage_of_traffic(t, ref, ref_y, columns=columns, budget=budget)
-            t3 = time.perf_counter()
-            fx.replay_defences(
-                t, legit, ref, ref_y, columns=columns, baseline=d.fidelity, budget=budget
-            )
-            t4 = time.perf_counter()
-            damage_s += t3 - t2
-            replay_s += t4 - t3
-            queries += d.queries
-            trained += d.trained_on
+    scores = pl.DataFrame({"user_id": suspects, "group_id": [None] * len(suspects)})
+    incidents = pl.DataFrame(
+        {
+            "incident_id": [f"inc-{u}" for u in suspects],
+            "kind": ["user"] * len(suspects),
+            "subject": suspects,
+            "members": [[u] for u in suspects],
+        }
+    )
+    settings = fx.ForensicsSettings(train_budget=budget, workers=workers)
+    result = fx.run_forensics(
+        source, scores, suspects, incidents, settings, (ref, ref_y, "reference")
+    )
     close()
+    rows = [r for r in result.rows if r["kind"] == "user"]
     return {
         "suspects": len(suspects),
-        "suspect_queries": queries,
-        "trained_on": trained,
+        "suspect_queries": sum(r["queries"] for r in rows),
+        "trained_on": sum(r["trained_on"] for r in rows),
         "budget": budget,
+        "workers": workers,
         "events": sum(counts.values()),
         "load_s": round(load_s, 2),
-        "link_groups_s": round(link_s, 2),
-        "legit_costs_s": round(legit_s, 2),
-        "damage_s": round(damage_s, 2),
-        "replay_s": round(replay_s, 2),
-        "total_s": round(link_s + legit_s + damage_s + replay_s, 2),
-        "linked_groups": len(set(groups.values())),
+        **{f"{phase}_s": round(s, 2) for phase, s in result.seconds.items()},
+        "total_s": round(sum(result.seconds.values()), 2),
+        "linked_groups": len(set(result.groups.values())),
     }
 
 
@@ -181,7 +171,7 @@ def budget_effect(sim: Path, store: Path, n: int, budget: int) -> dict:
     ref, ref_y = reference(sim)
     columns = fx.proba_columns(source)
     # no legitimate users: only the subject's side of the replay is timed
-    nobody = fx.legit_costs(source.fetch([]), scale=ref.std(axis=0))
+    nobody = _no_legit_users(fx, source, ref)
     rows = []
     with threadpool_limits(1):
         for kind, subject, members, _ in heaviest.iter_rows():
@@ -211,6 +201,80 @@ def budget_effect(sim: Path, store: Path, n: int, budget: int) -> dict:
     return {"budget": budget, "subjects": rows}
 
 
+def against_truth(sim: Path) -> dict:
+    """Every attacker and Sybil group of SIM/truth.json estimated from SIM/logs (damage, and a
+    defence replay against no legitimate users, in this process on one thread): Spearman, MAE
+    and largest error of the estimated fidelity against the achieved one, with the wall seconds
+    of the damage estimates and the replays and the CPU seconds of both (steadier on a shared
+    machine)."""
+    from scipy.stats import spearmanr
+    from threadpoolctl import threadpool_limits
+
+    from audits import forensics as fx
+
+    truth = json.loads((sim / "truth.json").read_text())
+    source, close = open_events(sim, None)
+    ref, ref_y = reference(sim)
+    columns = fx.proba_columns(source)
+    nobody = _no_legit_users(fx, source, ref)
+    subjects = [
+        ([u["user_id"]], u["fidelity"])
+        for u in truth["users"]
+        if u["role"] == "attacker" and u.get("fidelity") is not None
+    ]
+    subjects += [(g["members"], g["fidelity"]) for g in truth.get("groups", [])]
+    est, achieved, damage_s, replay_s = [], [], 0.0, 0.0
+    cpu = time.process_time()
+    with threadpool_limits(1):
+        for members, fidelity in subjects:
+            t = fx.traffic(source.fetch(members), ref.shape[1])
+            t0 = time.perf_counter()
+            d = fx.damage_of_traffic(t, ref, ref_y, columns=columns)
+            t1 = time.perf_counter()
+            _replay(fx, t, nobody, ref, ref_y, columns, d)
+            damage_s += t1 - t0
+            replay_s += time.perf_counter() - t1
+            est.append(d.fidelity)
+            achieved.append(fidelity)
+    cpu = time.process_time() - cpu
+    close()
+    e, a = np.array(est), np.array(achieved)
+    return {
+        "sim": str(sim),
+        "subjects": len(subjects),
+        "spearman": round(float(spearmanr(e, a)[0]), 4),
+        "mae": round(float(np.abs(e - a).mean()), 4),
+        "max_error": round(float(np.abs(e - a).max()), 4),
+        "damage_s": round(damage_s, 2),
+        "replay_s": round(replay_s, 2),
+        "cpu_s": round(cpu, 2),
+    }
+
+
+def _no_legit_users(fx, source, ref):
+    """The default defences' costs over no legitimate users, with the reference's grid scale
+    (also with the code from before the defences were one settings object, to compare)."""
+    if not hasattr(fx, "ForensicsSettings"):
+        return fx.legit_costs(source.fetch([]), scale=ref.std(axis=0))
+    return fx.legit_costs(source.fetch([]), fx.DefenceSettings.of(scale=ref.std(axis=0)))
+
+
+def _replay(fx, t, legit, ref, ref_y, columns, d):
+    kwargs = {"columns": columns, "baseline": d.fidelity}
+    kwargs["soft_baseline"] = d.fidelity_probabilities
+    if hasattr(d, "surrogate_probabilities"):  # each defence refits the better family only
+        kwargs["surrogates"] = (d.surrogate, d.surrogate_probabilities)
+    return fx.replay_defences(t, legit, ref, ref_y, **kwargs)
+
+
+def _truth_line(r: dict) -> str:
+    return (
+        f"{r['sim']}: {r['subjects']} attackers and groups: Spearman {r['spearman']:.4f}, "
+        f"MAE {r['mae']:.4f}, max error {r['max_error']:.4f}; damage {r['damage_s']:.1f} s, "
+        f"replay {r['replay_s']:.1f} s (wall); CPU {r['cpu_s']:.1f} s"
+    )
+
+
 def _budget_line(row: dict) -> str:
     b, a = row["budget"], row["all"]
     return (
@@ -226,15 +290,28 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sim", type=Path, help="a simulated archive (stealwatch simulate --out)")
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        nargs="*",
+        metavar="SIM",
+        help="estimate every attacker of SIM and these simulations against their truth.json",
+    )
     parser.add_argument("--suspects", type=int, default=30)
     parser.add_argument("--scores", type=Path, help="OUT/user_scores.parquet of an audit")
     parser.add_argument("--store", type=Path, help="OUT/stealwatch.duckdb of an audit")
+    parser.add_argument("--workers", type=int, default=1, help="processes (0: one per core)")
     parser.add_argument("--budget", type=int, default=TRAIN_BUDGET, help="queries per surrogate")
     parser.add_argument(
         "--compare-budget", type=int, metavar="N", help="the N heaviest subjects of --store"
     )
     args = parser.parse_args(argv)
-    if args.scores:
+    if args.truth is not None:
+        rows = [against_truth(sim) for sim in [args.sim, *args.truth]]
+        for row in rows:
+            print(_truth_line(row), flush=True)
+        result = {"simulations": rows}
+    elif args.scores:
         truth = json.loads((args.sim / "truth.json").read_text())
         result = accuracy(pl.read_parquet(args.scores), truth)
     elif args.compare_budget:
@@ -242,12 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--compare-budget needs --store")
         result = budget_effect(args.sim, args.store, args.compare_budget, args.budget)
     else:
-        result = timing(args.sim, args.suspects, args.budget, args.store)
+        result = timing(args.sim, args.suspects, args.budget, args.store, args.workers)
         print(
             f"forensics for {result['suspects']} suspects ({result['suspect_queries']:,} "
             f"queries, trained on {result['trained_on']:,}): {result['total_s']:.1f} s (damage "
-            f"{result['damage_s']:.1f} s, replay {result['replay_s']:.1f} s, legitimate costs "
-            f"{result['legit_costs_s']:.1f} s, group linking {result['link_groups_s']:.2f} s)"
+            f"and replay {result['subjects_s']:.1f} s, legitimate costs "
+            f"{result['legit_costs_s']:.1f} s, group linking {result['link_groups_s']:.2f} s, "
+            f"reference {result['reference_s']:.2f} s)"
         )
     print(json.dumps(result, indent=1))
     return 0

@@ -5,6 +5,7 @@
     python benchmarks/scale.py --events 10M             # the whole audit vs DuckDB's bare load
     python benchmarks/scale.py --archive SIM1 --archive SIM2   # existing simulations instead
     python benchmarks/scale.py --audit-args "--lake L --workers 2"   # the audit in another mode
+    python benchmarks/scale.py --shapes many-keys,year   # issue 20's targets on both shapes
 
 Every audit is ``stealwatch audit --logs SIM/logs --model SIM/model.skops --reference
 SIM/reference.parquet --out OUT`` (plus ``--train/--holdout`` with ``--privacy``) in a fresh
@@ -15,7 +16,10 @@ process tree: steadier than wall time on a shared machine), events/s, peak RSS
 sampled sum over the process tree when the audit spawns processes), the cost ratio of each size
 to the first relative to the events ratio (1.00 = linear), and the seconds of every Dagster step
 with the peak RSS reached by the end of each. ``--bare`` (always on with ``--events``) also
-times DuckDB's bare ``read_json`` of the largest archive. When ``stealwatch audit --help``
+times DuckDB's bare ``read_json`` of the largest archive. ``--shapes`` audits the named archive
+shapes (``many-keys``: about 2.5M events of 4,500 keys over 5 days; ``year``: 300 users over
+365 days, about 11M events), times the bare load of each and prints, per shape, the audit's and
+ingest's ratio to it and the peak RSS against the targets. When ``stealwatch audit --help``
 offers ``--lake``, the largest size is also audited with ``--lake DIR --workers 2``. An audit
 whose process tree passes ``--max-rss-gib`` is stopped, naming the step it was in.
 """
@@ -43,6 +47,11 @@ STEALWATCH = [sys.executable, "-m", "pipelines.cli"]
 # to size --events archives, which grow in users
 EVENTS_PER_USER_DAY = 112
 POLL_SECONDS = 0.25
+# issue 20's two archive shapes: (users, days) of each; the targets of the whole audit and of
+# ingest as multiples of DuckDB's bare load of the same files, and of the peak RSS
+SHAPES = {"many-keys": (4_500, 5), "year": (300, 365)}
+TARGET_RATIO, TARGET_INGEST_RATIO, TARGET_PEAK_GIB = 4.0, 1.5, 4.0
+INGEST_STEPS = ("events", "ingest_day[*]")
 
 # The audit's child: runs the CLI unchanged and, from every Dagster instance the run creates
 # (ephemeral in-process, or on disk for the multiprocess executor, read before it is disposed),
@@ -160,6 +169,17 @@ def parse_count(text: str) -> int:
     return count
 
 
+def parse_shapes(text: str) -> list[str]:
+    """``many-keys,year`` as ``["many-keys", "year"]``; unknown names are a usage error."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in SHAPES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"shapes are {', '.join(SHAPES)} (comma-separated), got {text!r}"
+        )
+    return names
+
+
 def parse_factors(text: str) -> list[int]:
     """``1,2,4`` as ``[1, 2, 4]``."""
     try:
@@ -218,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         "as it takes), the whole audit against DuckDB's bare read_json of the same files",
     )
     parser.add_argument(
+        "--shapes",
+        type=parse_shapes,
+        metavar="NAMES",
+        help=f"audit these archive shapes ({', '.join(SHAPES)}; comma-separated) and compare "
+        "each with its own bare load against the targets",
+    )
+    parser.add_argument(
         "--bare",
         action="store_true",
         help="also time DuckDB's bare read_json of the largest archive against its audit "
@@ -263,6 +290,8 @@ def sizes(args: argparse.Namespace) -> list[Archive]:
     work = Path(args.work)
     if args.archive:
         return [_given(Path(path)) for path in args.archive]
+    if args.shapes:
+        return [_planned(work, *SHAPES[name], args.seed, name) for name in args.shapes]
     if args.events:
         users = math.ceil(args.events / (args.days * EVENTS_PER_USER_DAY))
         return [_planned(work, users, args.days, args.seed, f"{args.events / 1e6:g}M target")]
@@ -660,6 +689,60 @@ def compare_table(run: AuditRun, bare: dict) -> str:
     return format_table(["", "s", "events/s", "peak RSS MiB"], rows)
 
 
+def ingest_seconds(run: AuditRun) -> float:
+    """The seconds of the ingest steps (one ``events`` step, or the per-day partitions)."""
+    return sum(run.steps.get(step, 0.0) for step in INGEST_STEPS)
+
+
+def target_table(pairs: list[tuple[AuditRun, dict]]) -> str:
+    """Per archive shape: the audit and its ingest against DuckDB's bare load of the same
+    files, and the peak RSS, each against its target."""
+    headers = [
+        "shape",
+        "events",
+        "keys x days",
+        "audit s",
+        "bare load s",
+        "ratio",
+        "ingest s",
+        "ingest ratio",
+        "peak RSS GiB",
+        "targets met",
+    ]
+    rows = []
+    for run, bare in pairs:
+        ratio = run.seconds / bare["seconds"]
+        ingest = ingest_seconds(run)
+        peak = max(run.peak_mib, run.tree_peak_mib) / 1024
+        missed = [
+            name
+            for name, ok in (
+                (f"ratio <= {TARGET_RATIO:g}", ratio <= TARGET_RATIO),
+                (
+                    f"ingest <= {TARGET_INGEST_RATIO:g}x",
+                    ingest / bare["seconds"] <= TARGET_INGEST_RATIO,
+                ),
+                (f"peak <= {TARGET_PEAK_GIB:g} GiB", peak <= TARGET_PEAK_GIB),
+            )
+            if not ok
+        ]
+        rows.append(
+            [
+                run.label,
+                f"{run.events:,}",
+                f"{run.users:,} x {run.days}",
+                f"{run.seconds:.1f}",
+                f"{bare['seconds']:.1f}",
+                f"{ratio:.2f}",
+                f"{ingest:.1f}",
+                f"{ingest / bare['seconds']:.2f}",
+                f"{peak:.2f}",
+                "yes" if not missed else "no: " + ", ".join(missed),
+            ]
+        )
+    return format_table(headers, rows)
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -680,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             command = audit_command(archive, out, args.privacy, extra)
             runs.append(run_audit(archive, out, command, max_rss_mib))
             _tidy(out, args.keep_out)
-        if args.lake_workers and not args.events and offers_lake():
+        if args.lake_workers and not (args.events or args.shapes) and offers_lake():
             runs.append(_lake_run(archives[-1], work, args, extra, max_rss_mib))
     except MemoryLimitExceeded as exc:
         say(f"stopped: {exc}")
@@ -691,7 +774,9 @@ def main(argv: list[str] | None = None) -> int:
         print(size_table(runs))
         print()
         print(step_table(runs))
-    if args.events or args.bare:
+    if args.shapes:
+        results["shapes"] = _compare_shapes(archives, runs, work)
+    elif args.events or args.bare:
         results["bare"] = _compare(archives, runs, work)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -713,6 +798,23 @@ def _compare(archives: list[Archive], runs: list[AuditRun], work: Path) -> dict:
             "(the audit did not finish)"
         )
     return bare
+
+
+def _compare_shapes(archives: list[Archive], runs: list[AuditRun], work: Path) -> dict:
+    """DuckDB's bare load of each shape's archive, against that archive's audit."""
+    audited = {run.archive: run for run in runs if not run.mode}
+    pairs, out = [], {}
+    for archive in archives:
+        run = audited.get(str(archive.path))
+        if run is None:
+            continue
+        bare = bare_load(archive, work)
+        pairs.append((run, bare))
+        out[archive.label] = {"bare": bare, "ingest_seconds": ingest_seconds(run)}
+    if pairs:
+        print()
+        print(target_table(pairs))
+    return out
 
 
 def _lake_run(

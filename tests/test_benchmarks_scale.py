@@ -121,3 +121,31 @@ def test_tables_show_cost_growth_against_the_first_size(scale):
     assert forensics.split("|")[-3].strip() == "2.00"  # growth over the plain series only
     assert forensics.split("|")[-2].strip() == "5,000"  # the last audit's peak by its end
     assert scale.OUTSIDE in steps
+
+
+def test_shapes_plan_the_many_keys_archive_and_the_year(scale, tmp_path):
+    args = scale.build_parser().parse_args(["--work", str(tmp_path), "--shapes", "many-keys,year"])
+    keys, year = scale.sizes(args)
+    assert (keys.label, year.label) == ("many-keys", "year")
+    assert keys.users >= 4_000 and keys.days == 5 and year.days == 365
+    assert keys.users * keys.days * scale.EVENTS_PER_USER_DAY >= 2_500_000
+
+
+def test_unknown_shapes_exit_with_a_usage_error(scale, capsys):
+    with pytest.raises(SystemExit) as exited:
+        scale.build_parser().parse_args(["--shapes", "many-keys,decade"])
+    assert exited.value.code == 2
+    assert "shapes are many-keys, year" in capsys.readouterr().err
+
+
+def test_target_table_compares_audit_and_ingest_with_the_bare_load(scale):
+    fast = _run(scale, "many-keys", 2_500_000, 20.0, 5.0)  # ingest (events) 5 s
+    slow = _run(scale, "year", 11_000_000, 120.0, 60.0)
+    slow.steps = {"ingest_day[*]": 40.0, "forensics": 60.0}
+    table = scale.target_table([(fast, {"seconds": 5.0}), (slow, {"seconds": 10.0})])
+    lines = table.splitlines()
+    assert len({len(line) for line in lines}) == 1
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert cells[0][5:8] == ["4.00", "5.0", "1.00"] and cells[0][-1] == "yes"
+    assert cells[1][5:8] == ["12.00", "40.0", "4.00"]
+    assert cells[1][-1] == "no: ratio <= 4, ingest <= 1.5x"

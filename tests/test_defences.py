@@ -82,7 +82,7 @@ def test_replay_measures_randomisation_and_dedup_and_their_legitimate_cost(toy):
         .alias("prediction")
     )
     legit = pl.concat([benign, moved.select(benign.columns)])
-    kwargs = {"columns": columns, "rate_limits": {}, "seed": 0}
+    kwargs = {"columns": columns, "settings": fx.DefenceSettings.of({}, seed=0)}
     with threadpool_limits(1):
         out = fx.replay_defences(repeated, legit, ref_X, ref_y, **kwargs)
         plain = fx.replay_defences(subject, legit, ref_X, ref_y, **kwargs)

@@ -38,6 +38,25 @@ def test_damage_grows_with_queries_and_reaches_the_model():
     assert small.fidelity < d.fidelity
 
 
+def test_the_curve_refits_only_the_family_better_on_all_the_traffic():
+    """Nonlinear answers: boosting wins on the full traffic, and every curve point is the
+    boosting surrogate's fidelity from the first k queries (one fit per point, not two)."""
+    rng = np.random.default_rng(6)
+    X, ref = rng.normal(size=(1500, 4)), rng.normal(size=(1500, 4))
+
+    def label(A):
+        return (A[:, 0] * A[:, 1] > 0).astype(int)
+
+    d = fx.estimate_damage(X, label(X), ref, label(ref), seed=0)
+    assert d.surrogate == "gradient_boosting (labels)"
+    ref_y = fx.as_labels(label(ref))
+    for k, value in d.curve[:-1]:
+        agree, name = fx.agreement(
+            X[:k], fx.as_labels(label(X[:k])), ref, ref_y, 0, families=("gradient_boosting",)
+        )
+        assert value == round(float(agree.mean()), 4) and name.startswith("gradient_boosting")
+
+
 def test_damage_labels_compare_as_text_and_constant_answers():
     rng, _, label, ref = _linear_world(1)
     X = rng.normal(size=(300, ref.shape[1]))
@@ -74,7 +93,7 @@ def test_probabilities_train_a_second_surrogate():
 
 
 def _boosting():
-    return dict(fx._surrogates(0))["gradient_boosting"]
+    return fx.make_surrogate("gradient_boosting", 0)
 
 
 def test_boosting_on_bins_predicts_as_boosting_on_the_values():
@@ -109,7 +128,7 @@ def test_probabilities_train_the_boosting_surrogate_on_a_nonlinear_model():
     assert d.fidelity_probabilities is not None and d.fidelity_probabilities > 0.9
     ref_y = fx.as_labels(served(ref).argmax(axis=1))
     labels = fx.as_labels(p.argmax(axis=1))
-    agree, name = fx._agreement(X, labels, ref, ref_y, 0, p, fx.as_labels([0, 1]))
+    agree, name = fx.agreement(X, labels, ref, ref_y, 0, p, fx.as_labels([0, 1]))
     assert name == "gradient_boosting (probabilities)" and agree.mean() > 0.9
 
 
@@ -151,8 +170,7 @@ def test_replay_defences_reports_each_defence_and_its_cost():
         ref_X,
         ref_y,
         columns=columns,
-        rate_limits={"minute": 10, "day": 150},
-        round_decimals=1,
+        settings=fx.DefenceSettings.of({"minute": 10, "day": 150}, round_decimals=1),
     )
     per_day = out["rate_limit"]["per_day"]
     assert per_day["blocked"] == out["queries"] - 2 * 150
@@ -163,8 +181,8 @@ def test_replay_defences_reports_each_defence_and_its_cost():
     assert out["top1"]["legit_responses_changed"] == legit.height
     assert 0 <= out["rounding"]["fidelity"] <= 1
     json.dumps(out)
-    with pytest.raises(ValueError):
-        fx.replay_defences(subject, legit, ref_X, ref_y, rate_limits={"week": 1})
+    with pytest.raises(ValueError, match="unknown rate-limit periods"):
+        fx.DefenceSettings.of({"week": 1})
 
 
 def test_logged_reference_leaves_out_suspects():

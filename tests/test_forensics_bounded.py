@@ -20,7 +20,7 @@ def _figures(costs: fx.LegitCosts) -> dict:
     return out
 
 
-KWARGS = {"rate_limits": {"minute": 5, "hour": 40}, "round_decimals": 2, "seed": 3}
+SETTINGS = fx.DefenceSettings.of({"minute": 5, "hour": 40}, round_decimals=2, seed=3)
 
 
 def test_batched_legit_costs_equal_one_pass(toy):
@@ -30,13 +30,13 @@ def test_batched_legit_costs_equal_one_pass(toy):
     source = FrameSource(events)
     assert len(list(source.batches(max_events=700))) > 5
     batched = fx.legit_costs(
-        source, exclude=flagged, width=width, scale=scale, max_events=700, **KWARGS
+        source, SETTINGS.with_scale(scale), exclude=flagged, width=width, max_events=700
     )
     whole = fx.legit_costs(
-        source, exclude=flagged, width=width, scale=scale, max_events=10**9, **KWARGS
+        source, SETTINGS.with_scale(scale), exclude=flagged, width=width, max_events=10**9
     )
     legit = events.filter(~pl.col("user_id").is_in(flagged))
-    one_traffic = fx.legit_costs(fx.traffic(legit, width), scale=scale, **KWARGS)
+    one_traffic = fx.legit_costs(fx.traffic(legit, width), SETTINGS.with_scale(scale))
     assert _figures(batched) == _figures(whole) == _figures(one_traffic)
     assert batched.users == legit["user_id"].n_unique() and batched.responses == legit.height
     assert batched.has_probabilities and batched.randomised == legit.height
@@ -54,8 +54,8 @@ def test_batched_legit_costs_see_missing_probabilities_as_one_pass_does(toy):
         .alias("probabilities")
     )
     width = ref_X.shape[1]
-    batched = fx.legit_costs(FrameSource(events), width=width, max_events=700, **KWARGS)
-    single = fx.legit_costs(fx.traffic(events, width), **KWARGS)
+    batched = fx.legit_costs(FrameSource(events), SETTINGS, width=width, max_events=700)
+    single = fx.legit_costs(fx.traffic(events, width), SETTINGS)
     assert not batched.has_probabilities and not single.has_probabilities
     assert batched.outputs() == single.outputs()
     assert batched.outputs()["randomisation"]["legit_mean_abs_change"] == 0.0
@@ -77,14 +77,20 @@ def test_replay_takes_precomputed_legit_costs(toy):
     subject = events.filter(pl.col("user_id") == "attacker-00")
     legit = events.filter(pl.col("user_id").str.starts_with("benign"))
     scale = ref_X.std(axis=0)
-    costs = fx.legit_costs(FrameSource(legit), scale=scale, max_events=500, **KWARGS)
+    costs = fx.legit_costs(FrameSource(legit), SETTINGS.with_scale(scale), max_events=500)
     with threadpool_limits(1):
-        from_costs = fx.replay_defences(subject, costs, ref_X, ref_y, columns=columns, **KWARGS)
-        from_events = fx.replay_defences(subject, legit, ref_X, ref_y, columns=columns, **KWARGS)
+        from_costs = fx.replay_defences(
+            subject, costs, ref_X, ref_y, columns=columns, settings=SETTINGS
+        )
+        from_events = fx.replay_defences(
+            subject, legit, ref_X, ref_y, columns=columns, settings=SETTINGS
+        )
     assert from_costs == from_events
     assert from_costs["rate_limit"]["per_minute"]["legit_users"] == legit["user_id"].n_unique()
     with pytest.raises(ValueError, match="other defence settings"):
-        fx.replay_defences(subject, costs, ref_X, ref_y, columns=columns, seed=9)
+        fx.replay_defences(
+            subject, costs, ref_X, ref_y, columns=columns, settings=fx.DefenceSettings.of(seed=9)
+        )
 
 
 def test_replay_from_the_damage_baselines_equals_refitting_them(toy):
@@ -93,7 +99,9 @@ def test_replay_from_the_damage_baselines_equals_refitting_them(toy):
     legit = events.filter(pl.col("user_id").str.starts_with("benign"))
     with threadpool_limits(1):
         damage = fx.damage_of_traffic(subject, ref_X, ref_y, columns=columns, seed=3)
-        refitted = fx.replay_defences(subject, legit, ref_X, ref_y, columns=columns, **KWARGS)
+        refitted = fx.replay_defences(
+            subject, legit, ref_X, ref_y, columns=columns, settings=SETTINGS
+        )
         given = fx.replay_defences(
             subject,
             legit,
@@ -102,7 +110,7 @@ def test_replay_from_the_damage_baselines_equals_refitting_them(toy):
             columns=columns,
             baseline=damage.fidelity,
             soft_baseline=damage.fidelity_probabilities,
-            **KWARGS,
+            settings=SETTINGS,
         )
     assert damage.fidelity_probabilities is not None
     assert given == refitted
@@ -168,7 +176,13 @@ def test_replay_above_the_budget_trains_each_defence_on_the_budget(toy):
     legit = fx.traffic(events.filter(pl.col("user_id").str.starts_with("benign")), 6)
     with threadpool_limits(1):
         out = fx.replay_defences(
-            subject, legit, ref_X, ref_y, columns=columns, budget=100, rate_limits={"day": 150}
+            subject,
+            legit,
+            ref_X,
+            ref_y,
+            columns=columns,
+            budget=100,
+            settings=fx.DefenceSettings.of({"day": 150}),
         )
     assert out["trained_on"] == 100 < out["queries"]
     assert out["rate_limit"]["per_day"]["blocked"] == out["queries"] - 2 * 150

@@ -22,18 +22,16 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from audits.forensics.surrogates import FAMILIES
+from audits.forensics.surrogates import make_surrogate as make_shared_surrogate
 
 DEFAULT_BUDGETS = (100, 300, 1000, 3000, 10000)
 GRANULARITIES = ("probabilities", "rounded_2dp", "randomised", "top1_label")
 SOURCES = ("natural", "uniform_noise")
-FAMILIES = ("logistic_regression", "gradient_boosting", "mlp")
+STUDY_C = 10.0  # the logistic regression surrogate's inverse regularisation in this study
 MAX_EVAL_ROWS = 2000
 MIN_WEIGHT = 1e-3
 TOP_CLASSES = 3  # soft labels keep each answer's three likeliest classes (bounds training size)
@@ -43,21 +41,9 @@ Progress = Callable[[str], None] | None
 
 
 def make_surrogate(family: str, seed: int):
-    """A fresh surrogate model of one family, sized to train in seconds."""
-    if family == "logistic_regression":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=300))
-    if family == "gradient_boosting":
-        return HistGradientBoostingClassifier(
-            max_iter=40,
-            learning_rate=0.2,
-            max_leaf_nodes=15,
-            early_stopping=False,
-            random_state=seed,
-        )
-    if family == "mlp":
-        mlp = MLPClassifier((64,), solver="lbfgs", max_iter=120, random_state=seed)
-        return make_pipeline(StandardScaler(), mlp)
-    raise ValueError(f"unknown surrogate family {family!r}")
+    """A fresh surrogate of one family (:func:`audits.forensics.surrogates.make_surrogate`), its
+    logistic regression regularised less (``C`` = ``STUDY_C``), as this study always had it."""
+    return make_shared_surrogate(family, seed, c=STUDY_C)
 
 
 def served_output(
