@@ -24,7 +24,6 @@ from audits.event_source import DuckDBSource
 from audits.features import FEATURE_COLUMNS, window_features
 from audits.scoring import (
     INCIDENTS_SCHEMA,
-    USER_SCORES_SCHEMA,
     audit_scores,
     build_incidents,
     group_features,
@@ -99,14 +98,12 @@ def user_scores(
     context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
 ) -> MaterializeResult:
     """Every detector's score, the combined score, its threshold and the flag, per user;
-    Sybil groups scored on their pooled traffic. Also ``OUT/user_scores.parquet``."""
+    Sybil groups scored on their pooled traffic (``OUT/user_scores.parquet`` is written by
+    ``user_scores_file``, after forensics)."""
     reference = load_reference(audit)
     with duckdb.get_connection() as con:
         window = _window_or_empty(context, audit, con)
         if window is None:
-            pl.DataFrame(schema=USER_SCORES_SCHEMA).write_parquet(
-                audit.out_path / "user_scores.parquet"
-            )
             return MaterializeResult(metadata={"rows": 0, "flagged": 0})
         progress_for(context)("detection: scoring every user with each detector")
         features = read_window(con, tables.USER_FEATURES, window)
@@ -124,8 +121,6 @@ def user_scores(
             pl.lit(summary["threshold_method"]).alias("threshold_method"),
         )
         replace_window(con, tables.SCORE_GROUPS, groups, window)
-    path = audit.out_path / "user_scores.parquet"
-    scores.write_parquet(path)
     flagged = scores.filter(pl.col("flagged"))
     return MaterializeResult(
         metadata={
@@ -138,7 +133,6 @@ def user_scores(
             "warning": summary["warning"] or "",
             "groups": groups.height,
             "flagged_groups": int(groups["flagged"].sum()) if groups.height else 0,
-            "path": str(path),
             "preview": preview(
                 scores.sort("score", descending=True).select(
                     "user_id", "score", "flagged", "n_events", "score_extraction", "group_id"

@@ -4,14 +4,14 @@ defence replay of every incident.
 A thin wrapper over :mod:`audits.forensics`: reads the window's scores and incidents from
 DuckDB and its events through a :class:`audits.event_source.DuckDBSource` (one subject's events
 at a time, the legitimate users' a batch at a time, samples for the reference and the
-probability columns: memory follows a subject and a batch, not the window), writes the
-``damage`` table (replacing the window's rows), fills ``user_scores.est_fidelity`` /
-``group_id`` and ``incidents.est_fidelity`` / ``damage`` for the window, and rewrites
-``OUT/user_scores.parquet``. Every log-derived value reaches SQL as a bound parameter or a
-registered frame.
+probability columns: memory follows a subject and a batch, not the window) and writes its
+own tables only, replacing the window's rows: ``damage`` (each flagged user, linked group and
+group incident), ``incident_damage`` and ``defence_replay`` (each incident's damage and replay,
+joined to ``incidents`` when read) and ``user_forensics`` (each flagged user's fidelity and
+linked group, joined to ``user_scores`` when read, as in ``OUT/user_scores.parquet``, which the
+``user_scores_file`` asset writes). Every log-derived value reaches SQL as a bound parameter or
+a registered frame.
 """
-
-import json
 
 import numpy as np
 import polars as pl
@@ -27,10 +27,16 @@ from audits import forensics as fx
 from audits import tables
 from audits.errors import InputError
 from audits.event_source import DuckDBSource, EventSource
+from audits.forensics import records
 from audits.forensics.run import Reference
 
-# a store from before the training budget
-DAMAGE_MIGRATION = "ALTER TABLE damage ADD COLUMN IF NOT EXISTS trained_on BIGINT"
+# a store from before the training budget and the typed curve (its curve/replay JSON stays null)
+DAMAGE_MIGRATIONS = tuple(
+    f"ALTER TABLE damage ADD COLUMN IF NOT EXISTS {name} {tables.sql_type(dtype)}"
+    for name, dtype in tables.DAMAGE.schema.items()
+    if name in ("trained_on", "curve_queries", "curve_fidelity")
+)
+OUTPUTS = (tables.DAMAGE, tables.INCIDENT_DAMAGE, tables.DEFENCE_REPLAY, tables.USER_FORENSICS)
 
 
 class ForensicsConfig(Config):
@@ -100,14 +106,16 @@ def forensics(
     to each incident and to legitimate users."""
     with duckdb.get_connection() as con:
         window = audit_window(context, audit, con)
-        tables.create(con, tables.DAMAGE)
-        con.execute(DAMAGE_MIGRATION)
+        tables.create(con, *OUTPUTS)
+        for migration in DAMAGE_MIGRATIONS:
+            con.execute(migration)
         if window is None:
             return MaterializeResult(metadata={"rows": 0})
         tables.create(con, tables.USER_SCORES)
         scores = tables.read_window(con, tables.USER_SCORES, window)
         flagged = scores.filter(pl.col("flagged").fill_null(False))["user_id"].to_list()
-        tables.delete_window(con, tables.DAMAGE, window)
+        for table in OUTPUTS:  # an earlier run's rows of this window go, whatever this one finds
+            tables.delete_window(con, table, window)
         if not flagged:
             context.log.info("no flagged users: no damage to estimate")
             return MaterializeResult(metadata={"rows": 0, "flagged": 0})
@@ -125,7 +133,7 @@ def forensics(
             incidents,
             progress_for(context),
         )
-        _write(con, window, table, fidelity, groups, incident_damage, audit)
+        _write(con, window, table, fidelity, groups, incident_damage)
     return MaterializeResult(
         metadata={
             "rows": table.height,
@@ -161,53 +169,13 @@ def forensics_of(config, audit, source: EventSource, scores, flagged, incidents,
     return table, result.fidelity, result.groups, result.incident_damage
 
 
-def _write(con, window, table, fidelity, groups, incident_damage, audit) -> None:
-    params = list(window)
+def _write(con, window, table, fidelity, groups, incident_damage) -> None:
+    """The forensics tables of the window, each replaced whole (no other table is touched)."""
+    damage, replay = records.incident_frames(incident_damage)
     tables.replace_window(con, tables.DAMAGE, table, window)
-    updates = pl.DataFrame(
-        {
-            "user_id": list(fidelity),
-            "est_fidelity": list(fidelity.values()),
-            "group_id": [groups.get(u) for u in fidelity],
-        },
-        schema={"user_id": pl.String, "est_fidelity": pl.Float64, "group_id": pl.String},
-    )
-    con.register("_fx_users", updates.to_arrow())
-    try:
-        con.execute(
-            "UPDATE user_scores AS s SET est_fidelity = u.est_fidelity, group_id = u.group_id "
-            "FROM _fx_users AS u WHERE s.user_id = u.user_id "
-            "AND s.window_start = ? AND s.window_end = ?",
-            params,
-        )
-    finally:
-        con.unregister("_fx_users")
-    con.execute("ALTER TABLE incidents ADD COLUMN IF NOT EXISTS est_fidelity DOUBLE")
-    con.execute("ALTER TABLE incidents ADD COLUMN IF NOT EXISTS damage VARCHAR")
-    if incident_damage:
-        inc = pl.DataFrame(
-            {
-                "incident_id": list(incident_damage),
-                "est_fidelity": [d.fidelity for d, _ in incident_damage.values()],
-                "damage": [
-                    json.dumps({**d.to_dict(), "replay": r}) for d, r in incident_damage.values()
-                ],
-            },
-            schema={"incident_id": pl.String, "est_fidelity": pl.Float64, "damage": pl.String},
-        )
-        con.register("_fx_incidents", inc.to_arrow())
-        try:
-            con.execute(
-                "UPDATE incidents AS i SET est_fidelity = d.est_fidelity, damage = d.damage "
-                "FROM _fx_incidents AS d WHERE i.incident_id = d.incident_id "
-                "AND i.window_start = ? AND i.window_end = ?",
-                params,
-            )
-        finally:
-            con.unregister("_fx_incidents")
-    scores = tables.read_window(con, tables.USER_SCORES, window)
-    scores = scores.select([pl.col(c).cast(t) for c, t in tables.USER_SCORES.schema.items()])
-    scores.write_parquet(audit.out_path / "user_scores.parquet")
+    tables.replace_window(con, tables.INCIDENT_DAMAGE, damage, window)
+    tables.replace_window(con, tables.DEFENCE_REPLAY, replay, window)
+    tables.replace_window(con, tables.USER_FORENSICS, records.user_frame(fidelity, groups), window)
 
 
 forensics_assets = [forensics]

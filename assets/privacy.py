@@ -1,4 +1,10 @@
-"""The privacy audit as a Dagster asset, with the release gate as a blocking asset check."""
+"""The privacy audit as a Dagster asset, with the release gate as an asset check.
+
+Its result is the asset's output: the ``privacy_audit`` table (:data:`audits.tables.
+PRIVACY_AUDIT`), replaced by every run (no row when the audit is skipped), which the risk
+register and the report read. The gate's files (``OUT/privacy/privacy_audit.json``, JUnit,
+HTML) are written for people and CI as ``stealwatch gate`` writes them; no step reads them
+back."""
 
 from pathlib import Path
 
@@ -11,23 +17,31 @@ from dagster import (
     MetadataValue,
     asset,
 )
+from dagster_duckdb import DuckDBResource
 
+from assets.partitions import DUCKDB_POOL
 from assets.progress import progress_for
 from assets.resources import AuditConfig
+from audits import tables
+from audits.privacy_results import privacy_frame
 
 GATE_CHECK = "privacy_gate"
 
 
 @asset(
     group_name="privacy",
+    pool=DUCKDB_POOL,
     # not blocking: a served model that fails the gate is a finding of the audit, shown in its
     # report and risk register; `stealwatch gate` is the release gate that exits 1
     check_specs=[AssetCheckSpec(GATE_CHECK, asset="privacy_audit", blocking=False)],
 )
-def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> MaterializeResult:
-    """Membership leakage and extraction risk of the served model; the gate blocks on failure."""
+def privacy_audit(
+    context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
+) -> MaterializeResult:
+    """Membership leakage and extraction risk of the served model, with the gate's verdict."""
     if not (audit.model and audit.train and audit.holdout):
         _remove_earlier_gate_outputs(audit.out_path / "privacy")
+        _store(duckdb, None)
         return _skipped()
     from audits.privacy import Thresholds, extraction, run_privacy_audit
     from reports.privacy import write_gate_outputs
@@ -44,15 +58,22 @@ def privacy_audit(context: AssetExecutionContext, audit: AuditConfig) -> Materia
         progress=progress_for(context),
     )
     paths = write_gate_outputs(result, audit.out_path / "privacy")
+    _store(duckdb, result)
     return MaterializeResult(
         metadata=_metadata(result, paths),
         check_results=[_gate_result(result)],
     )
 
 
+def _store(duckdb: DuckDBResource, result: dict | None) -> None:
+    """This run's result (``None``: skipped) as the whole ``privacy_audit`` table."""
+    with duckdb.get_connection() as con:
+        tables.replace_all(con, tables.PRIVACY_AUDIT, privacy_frame(result))
+
+
 def _remove_earlier_gate_outputs(folder: Path) -> None:
-    """An earlier run's gate outputs would be read as this run's by the risk register and the
-    report (the scheduled job reuses its output folder): a skipped audit removes them."""
+    """A skipped audit leaves no earlier run's gate files in the output folder (the scheduled
+    job reuses it), where a reader would take them for this run's."""
     from audits.privacy.gate import HTML_NAME, JSON_NAME, JUNIT_NAME
 
     for name in (JSON_NAME, JUNIT_NAME, HTML_NAME):

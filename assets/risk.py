@@ -1,15 +1,14 @@
 """Risk asset: the release review's risk register and attack-defence matrix for the window.
 
 A thin wrapper over :mod:`audits.risk`: gathers the window's incidents (with forensics'
-damage and defence replay), linked groups, canary hits, the privacy audit's result, the
+damage and defence replay joined), linked groups, canary hits, the privacy audit's result (the
+``privacy_audit`` asset's table), the
 ``confidence_daily`` rows when confidence monitoring ran, and what the logs show about the
 controls in place (busiest key per minute / hour / day, whether and how precisely
 probabilities are served, repeated queries per key). Writes the ``risk_register`` and
 ``attack_defence_matrix`` tables (replacing the window's rows) and ``OUT/risk_register.csv``
 and ``OUT/attack_defence_matrix.csv`` (atomic writes).
 """
-
-import json
 
 import numpy as np
 import polars as pl
@@ -21,13 +20,15 @@ from assets.common import preview
 from assets.partitions import DUCKDB_POOL
 from assets.resources import AuditConfig, audit_window
 from audits import risk, tables
+from audits.forensics.records import read_incident_damage
+from audits.privacy_results import read_privacy
 from audits.tables import exists, read_window, replace_window
 
 PROBABILITY_SAMPLE = 2_000
 
 
-def findings(con, window, audit: AuditConfig) -> risk.Findings:
-    """Everything the register is generated from, read from the store and the output folder."""
+def findings(con, window) -> risk.Findings:
+    """Everything the register is generated from, read from the store."""
     incidents = (
         read_window(con, tables.INCIDENTS, window)
         if exists(con, tables.INCIDENTS)
@@ -44,12 +45,11 @@ def findings(con, window, audit: AuditConfig) -> risk.Findings:
             params=list(window),
         ).fetchall()[0][0]
     )
-    privacy_path = audit.out_path / "privacy" / "privacy_audit.json"
-    privacy = json.loads(privacy_path.read_text()) if privacy_path.exists() else None
     return risk.Findings(
         incidents=incidents,
         damage=damage,
-        privacy=privacy,
+        incident_damage=read_incident_damage(con, window),
+        privacy=read_privacy(con),
         canary_hits=hits if registry.height else None,
         canaries=registry.height,
         confidence=confidence,
@@ -127,7 +127,7 @@ def risk_register(
         window = audit_window(context, audit, con)
         if window is None:
             return MaterializeResult(metadata={"rows": 0, "status": "no events"})
-        found = findings(con, window, audit)
+        found = findings(con, window)
         register = risk.risk_register(found)
         matrix = risk.defence_matrix(found)
         replace_window(con, tables.RISK_REGISTER, register, window)

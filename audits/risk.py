@@ -36,7 +36,6 @@ helps and the keys themselves must go (both in :mod:`audits.defence_effects`).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -83,9 +82,11 @@ _SCALE = {LOW: 1, MEDIUM: 2, HIGH: 3}
 class Findings:
     """What one audit found, as the risk asset reads it from the store."""
 
-    incidents: pl.DataFrame  # the incidents table (+ est_fidelity / damage when forensics ran)
+    incidents: pl.DataFrame  # the incidents table
     damage: pl.DataFrame | None = None  # the damage table (linked groups included)
-    privacy: dict | None = None  # privacy_audit.json
+    # {incident_id: damage with its replay} (audits.forensics.records.read_incident_damage)
+    incident_damage: dict[str, dict] = field(default_factory=dict)
+    privacy: dict | None = None  # the privacy audit's result (the privacy_audit asset's table)
     canary_hits: pl.DataFrame | None = None  # None: no registry given
     canaries: int = 0  # canaries in the registry
     confidence: pl.DataFrame | None = None  # confidence_daily rows; None: monitor absent
@@ -107,17 +108,14 @@ def risk_of(likelihood: str, impact: str) -> str:
     return HIGH if score >= 6 else MEDIUM if score >= 3 else LOW
 
 
-def _damages(incidents: pl.DataFrame, kind: str) -> list[dict]:
+def _damages(f: Findings, kind: str) -> list[dict]:
     """The forensics damage (with its defence replay) of each incident of ``kind``."""
-    if incidents.height == 0 or "damage" not in incidents.columns:
+    if f.incidents.height == 0 or not f.incident_damage:
         return []
     out = []
-    for row in incidents.filter(pl.col("kind") == kind).iter_rows(named=True):
-        try:
-            damage = json.loads(row["damage"]) if row["damage"] else None
-        except (TypeError, ValueError):
-            damage = None
-        if isinstance(damage, dict):
+    for row in f.incidents.filter(pl.col("kind") == kind).iter_rows(named=True):
+        damage = f.incident_damage.get(row["incident_id"])
+        if damage is not None:
             out.append({**damage, "subject": row["subject"], "members": row["members"]})
     return out
 
@@ -153,7 +151,7 @@ def risk_register(f: Findings) -> pl.DataFrame:
 
 def _extraction_row(f: Findings, in_place: str) -> dict:
     keys = _of_kind(f.incidents, "user")
-    damages = _damages(f.incidents, "user")
+    damages = _damages(f, "user")
     top = _max_fidelity(damages)
     if not f.detection_ran:
         likelihood, evidence = NOT_MEASURED, "detection did not run for this window"
@@ -187,7 +185,7 @@ def _extraction_row(f: Findings, in_place: str) -> dict:
 
 def _sybil_row(f: Findings, in_place: str) -> dict:
     groups = _of_kind(f.incidents, "group")
-    damages = _damages(f.incidents, "group")
+    damages = _damages(f, "group")
     linked = (
         f.damage.filter(pl.col("kind") == "group")
         if f.damage is not None and f.damage.height
@@ -287,7 +285,7 @@ def _canary_row(f: Findings) -> dict:
         f"{len(keys)} key(s) sent {sent} of {f.canaries} canaries "
         f"({hits['event_id'].n_unique():,} events); {caught} of them also flagged by detection"
     )
-    top = _max_fidelity(_damages(f.incidents, "canary"))
+    top = _max_fidelity(_damages(f, "canary"))
     impact = MEDIUM if top is None else level(top["fidelity"], *FIDELITY_LEVELS)
     if top is not None:
         evidence += f"; highest est. copy fidelity {pct(top['fidelity'])} ({top['subject']})"
@@ -383,7 +381,7 @@ def defence_matrix(f: Findings) -> pl.DataFrame:
     or "not measured"."""
     rows = []
     for threat, kind in ((EXTRACTION, "user"), (SYBIL, "group"), (CANARY, "canary")):
-        damages = _damages(f.incidents, kind)
+        damages = _damages(f, kind)
         effects = defence_effects(damages)
         subjects = len(damages)
         of_kind = _of_kind(f.incidents, kind)

@@ -53,6 +53,7 @@ class Table:
     columns: Mapping[str, pl.DataType]
     required: tuple[str, ...] = ()
     order: tuple[str, ...] = field(default=())
+    windowed: bool = True  # False: the rows of the latest run, whatever the window
 
     @property
     def schema(self) -> dict[str, pl.DataType]:
@@ -61,8 +62,9 @@ class Table:
 
     @property
     def ddl(self) -> str:
-        """``CREATE TABLE IF NOT EXISTS`` with the window columns first."""
-        columns = [f"{name} DATE NOT NULL" for name in WINDOW_COLUMNS] + [
+        """``CREATE TABLE IF NOT EXISTS`` with the window columns first (when windowed)."""
+        window = WINDOW_COLUMNS if self.windowed else ()
+        columns = [f"{name} DATE NOT NULL" for name in window] + [
             f"{name} {sql_type(dtype)}" + (" NOT NULL" if name in self.required else "")
             for name, dtype in self.columns.items()
         ]
@@ -126,6 +128,27 @@ def replace_window(
         con.unregister("_staged")
 
 
+def read_all(con: duckdb.DuckDBPyConnection, table: Table) -> pl.DataFrame:
+    """The rows of a table that is not windowed (empty when it is missing)."""
+    if not exists(con, table):
+        return table.empty()
+    keys = ", ".join(table.order)
+    return con.sql(f"SELECT * FROM {table.name}" + (f" ORDER BY {keys}" if keys else "")).pl()
+
+
+def replace_all(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> None:
+    """Create a table that is not windowed when missing and replace all its rows with
+    ``frame``."""
+    create(con, table)
+    con.execute(f"DELETE FROM {table.name}")
+    con.register("_staged", frame.select(list(table.schema)).to_arrow())
+    try:
+        columns = ", ".join(table.schema)
+        con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM _staged")
+    finally:
+        con.unregister("_staged")
+
+
 USER_FEATURES = Table(
     "user_features",
     {"user_id": pl.String, **dict.fromkeys(FEATURE_COLUMNS, pl.Float64)},
@@ -168,27 +191,78 @@ RISK_REGISTER = Table("risk_register", dict.fromkeys(REGISTER_COLUMNS, pl.String
 ATTACK_DEFENCE_MATRIX = Table(
     "attack_defence_matrix", {"attack": pl.String, **dict.fromkeys(DEFENCES, pl.String)}
 )
+DAMAGE_FIGURES = {
+    "est_fidelity": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "fidelity_probabilities": pl.Float64,
+    "queries": pl.Int64,
+    "queries_to_90": pl.Int64,
+    "surrogate": pl.String,
+    "trained_on": pl.Int64,
+    "curve_queries": pl.List(pl.Int64),
+    "curve_fidelity": pl.List(pl.Float64),
+}
+"""A damage estimate's columns (:class:`audits.forensics.Damage`; the curve as two lists)."""
+
 DAMAGE = Table(
     "damage",
     {
         "subject": pl.String,
         "kind": pl.String,
         "members": pl.List(pl.String),
-        "est_fidelity": pl.Float64,
-        "ci_low": pl.Float64,
-        "ci_high": pl.Float64,
-        "fidelity_probabilities": pl.Float64,
-        "queries": pl.Int64,
-        "queries_to_90": pl.Int64,
-        "surrogate": pl.String,
+        **DAMAGE_FIGURES,
         "reference": pl.String,
-        "curve": pl.String,
-        "replay": pl.String,
-        "trained_on": pl.Int64,
     },
     required=("subject", "kind"),
     order=("kind", "subject"),
-)
+)  # one row per flagged user, linked group and group incident
+INCIDENT_DAMAGE = Table(
+    "incident_damage",
+    {"incident_id": pl.String, **DAMAGE_FIGURES},
+    required=("incident_id",),
+    order=("incident_id",),
+)  # the damage of each incident's keys, joined to ``incidents`` when read
+DEFENCE_REPLAY = Table(
+    "defence_replay",
+    {
+        "incident_id": pl.String,
+        "position": pl.Int64,
+        "defence": pl.String,  # baseline, rate_limit, top1, rounding, randomisation, dedup
+        "scenario": pl.String,  # the rate-limit scenario (per_minute, ..., combined)
+        "queries": pl.Int64,
+        "trained_on": pl.Int64,
+        "fidelity": pl.Float64,
+        "fidelity_probabilities": pl.Float64,
+        "fidelity_without": pl.Float64,
+        "fidelity_labels": pl.Float64,
+        "per_minute": pl.Int64,
+        "per_hour": pl.Int64,
+        "per_day": pl.Int64,
+        "blocked": pl.Int64,
+        "decimals": pl.Int64,
+        "scale": pl.Float64,
+        "seed": pl.Int64,
+        "tolerance": pl.Float64,
+        "duplicates": pl.Int64,
+        "legit_blocked": pl.Int64,
+        "legit_users_affected": pl.Int64,
+        "legit_users": pl.Int64,
+        "legit_responses_changed": pl.Int64,
+        "legit_labels_changed": pl.Int64,
+        "legit_mean_abs_change": pl.Float64,
+        "legit_duplicates": pl.Int64,
+        "legit_queries_affected": pl.Int64,
+    },
+    required=("incident_id", "position", "defence"),
+    order=("incident_id", "position"),
+)  # each incident's defence replay, a row per defence (and per rate-limit scenario)
+USER_FORENSICS = Table(
+    "user_forensics",
+    {"user_id": pl.String, "est_fidelity": pl.Float64, "group_id": pl.String},
+    required=("user_id",),
+    order=("user_id",),
+)  # each flagged user's fidelity and linked group: user_scores' two columns, joined when read
 
 WINDOW_TABLES = (
     USER_FEATURES,
@@ -201,5 +275,25 @@ WINDOW_TABLES = (
     RISK_REGISTER,
     ATTACK_DEFENCE_MATRIX,
     DAMAGE,
+    INCIDENT_DAMAGE,
+    DEFENCE_REPLAY,
+    USER_FORENSICS,
 )
 """Every window table, in the order the audit writes them."""
+
+PRIVACY_AUDIT = Table(
+    "privacy_audit",
+    {
+        "passed": pl.Boolean,
+        "membership_auc": pl.Float64,
+        "surrogate_fidelity": pl.Float64,
+        "target_accuracy": pl.Float64,
+        "model_sha256": pl.String,
+        "membership": pl.String,  # the gate's verdicts: pass, fail
+        "extraction": pl.String,  # pass, fail, not_gated
+        "result": pl.String,  # the whole result as the gate's privacy_audit.json holds it
+    },
+    windowed=False,
+)
+"""The privacy audit of the served model: one row (none when the audit was skipped), replaced
+by every run of the ``privacy_audit`` asset, so a later step never reads an earlier run's."""

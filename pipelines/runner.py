@@ -51,11 +51,11 @@ STALE_OUTPUTS = (
     "privacy/junit.xml",
     "privacy/privacy_report.html",
 )
-"""Files of the output folder that a run writes or reads: an earlier run's copy is removed
-before the run starts. The risk register and the report read ``privacy/privacy_audit.json``
-and ``user_scores.parquet`` when present, and the CLI reads ``ingest_summary.json``: a run
-that skips a step (the privacy audit without a model and data) or fails must not show the
-earlier run's file as its own."""
+"""Files of the output folder that a run writes: an earlier run's copy is removed before the
+run starts, so that a run that skips a step (the privacy audit without a model and data) or
+fails shows no earlier run's file as its own. No step reads them back (the risk register and
+the report take the privacy result from the ``privacy_audit`` table); the CLI reads
+``ingest_summary.json``."""
 
 
 def remove_stale_outputs(out: Path) -> list[Path]:

@@ -1,8 +1,8 @@
 """What the pages show, gathered from the DuckDB store and the audit's output files.
 
 Every query binds its values as parameters. Detection outputs (``user_scores.parquet``, the
-``user_features`` and ``incidents`` tables) and the privacy audit are optional: a page says
-what did not run instead of failing.
+``user_features`` and ``incidents`` tables), forensics' tables and the privacy audit's table are
+optional: a page says what did not run instead of failing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 import polars as pl
 
 from audits import tables
+from audits.forensics.records import read_incident_damage, with_forensics
+from audits.privacy_results import read_privacy
 from audits.tables import read_window
 
 Window = tuple[dt.date, dt.date]
@@ -63,7 +65,7 @@ def load_scores(
         scored = scored_window(con, "user_scores", window)
         if scored is None:
             return None
-        frame = read_window(con, tables.USER_SCORES, scored)
+        frame = with_forensics(con, read_window(con, tables.USER_SCORES, scored), scored)
     else:
         return None
     if "threshold" not in frame.columns and con is not None and has_table(con, "score_groups"):
@@ -162,8 +164,9 @@ def incidents(con: duckdb.DuckDBPyConnection, window: Window) -> list[dict]:
     if scored is None:
         return []
     rows = read_window(con, tables.INCIDENTS, scored, ("score DESC", "incident_id")).to_dicts()
+    damage = read_incident_damage(con, scored)
     for row in rows:
-        row["damage"] = _json_object(row.get("damage"))
+        row["damage"] = damage.get(row["incident_id"])
         row["evidence"] = _json_list(row.get("evidence"))
         row["members"] = _json_list(row.get("members")) or [row.get("subject")]
     return rows
@@ -179,14 +182,6 @@ def _json_list(value) -> list:
     except (TypeError, ValueError):
         return [value]
     return parsed if isinstance(parsed, list) else [parsed]
-
-
-def _json_object(value) -> dict | None:
-    try:
-        parsed = json.loads(value) if isinstance(value, str) else value
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
 
 
 CANARY_EVENTS = 200  # matching events listed on a subject page
@@ -250,12 +245,13 @@ def risk_tables(con: duckdb.DuckDBPyConnection, window: Window) -> dict | None:
     return {"register": register, "matrix": matrix, "defences": defences}
 
 
-def privacy_summary(out_dir: Path) -> dict | None:
-    path = out_dir / "privacy" / "privacy_audit.json"
-    if not path.exists():
-        return None
-    result = json.loads(path.read_text())
-    return {**result, "verdicts": privacy_verdicts(result)}
+def privacy_summary(con: duckdb.DuckDBPyConnection) -> dict | None:
+    """The latest privacy audit's result with its verdicts (``None``: skipped or not run)."""
+    return privacy_of(read_privacy(con))
+
+
+def privacy_of(result: dict | None) -> dict | None:
+    return None if result is None else {**result, "verdicts": privacy_verdicts(result)}
 
 
 def privacy_verdicts(result: dict) -> dict:

@@ -63,7 +63,7 @@ def write_overview(con: duckdb.DuckDBPyConnection, window: d.Window, out_dir: Pa
         "by_severity": Counter(i["severity"] for i in incidents),
         "severities": triage.SEVERITIES,
         "worst": triage.worst_copy(incidents),
-        "privacy": d.privacy_summary(out_dir),
+        "privacy": d.privacy_summary(con),
         "confidence": _confidence_context(con, window),
         "canaries": d.canary_overview(con, window),
         "risk": d.risk_tables(con, window),
@@ -381,14 +381,17 @@ def _sample(events: pl.DataFrame) -> list[dict]:
     return rows
 
 
-def closing_summary(database: str, window: d.Window, out_dir: Path) -> str:
+def closing_summary(database: str, window: d.Window, out_dir: Path, lake: str | None = None) -> str:
     """One line for the end of ``stealwatch audit``: incidents by severity, the worst copy, the
-    privacy gate's verdicts when it ran, and where the report is."""
+    privacy gate's verdicts when it ran (from the store: the DuckDB file, or the ``lake``), and
+    where the report is."""
     parts = []
+    privacy = None
     if database != ":memory:" and Path(database).is_file():
         con = duckdb.connect(database, read_only=True)
         try:
             listed = triaged_incidents(con, window, d.load_scores(out_dir, con, window))
+            privacy = d.privacy_summary(con)
         finally:
             con.close()
         counts = Counter(i["severity"] for i in listed)
@@ -399,7 +402,8 @@ def closing_summary(database: str, window: d.Window, out_dir: Path) -> str:
         if worst is not None:
             fidelity, subject = worst["damage"]["fidelity"], ascii(worst["subject"])
             parts.append(f"worst copy {fidelity:.1%} by {subject}")
-    privacy = d.privacy_summary(out_dir)
+    if lake:
+        privacy = d.privacy_of(_lake_privacy(lake))
     if privacy is not None:
         verdicts = privacy["verdicts"]
         parts.append(
@@ -411,3 +415,15 @@ def closing_summary(database: str, window: d.Window, out_dir: Path) -> str:
     if report.exists():
         parts.append(f"open {report.resolve().as_uri()}")
     return "; ".join(parts)
+
+
+def _lake_privacy(root: str) -> dict | None:
+    """The privacy audit's result as the lake holds its table."""
+    from audits.lake import Lake
+    from audits.privacy_results import result_of
+    from audits.tables import PRIVACY_AUDIT
+
+    lake = Lake(root)
+    if PRIVACY_AUDIT.name not in lake.table_names():
+        return None
+    return result_of(pl.from_arrow(lake.read_table(PRIVACY_AUDIT.name)))

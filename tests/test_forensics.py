@@ -153,7 +153,9 @@ def test_rate_limit_mask_counts_per_key_and_window():
     assert keep.tolist() == [True, True, False, False, True, True, True, True]
 
 
-def test_replay_defences_reports_each_defence_and_its_cost():
+@pytest.fixture(scope="module")
+def toy_replay():
+    """A defence replay of the toy archive's first attacker, and the legitimate events."""
     events, _, truth = toy_events(1)
     rng, _, _, _ = _linear_world()
     X = np.asarray(events["features"].to_list())
@@ -172,6 +174,11 @@ def test_replay_defences_reports_each_defence_and_its_cost():
         columns=columns,
         settings=fx.DefenceSettings.of({"minute": 10, "day": 150}, round_decimals=1),
     )
+    return out, legit
+
+
+def test_replay_defences_reports_each_defence_and_its_cost(toy_replay):
+    out, legit = toy_replay
     per_day = out["rate_limit"]["per_day"]
     assert per_day["blocked"] == out["queries"] - 2 * 150
     assert per_day["fidelity"] <= out["fidelity"] + 0.05
@@ -183,6 +190,27 @@ def test_replay_defences_reports_each_defence_and_its_cost():
     json.dumps(out)
     with pytest.raises(ValueError, match="unknown rate-limit periods"):
         fx.DefenceSettings.of({"week": 1})
+
+
+def test_damage_and_replay_read_back_from_their_tables_as_estimated(toy_replay):
+    from audits import tables
+    from audits.forensics import records
+
+    replay, _ = toy_replay
+    damage = fx.Damage(0.71, (0.69, 0.74), [(25, 0.4), (50, 0.71)], None, 50, "tree", 0.8, 50)
+    other = fx.Damage(0.5, (0.45, 0.55), [], 3, 7, "linear")
+    window = (dt.date(2026, 11, 1), dt.date(2026, 11, 1))
+    con = duckdb.connect()
+    damage_rows, replay_rows = records.incident_frames(
+        {"inc_a": (damage, replay), "inc_b": (other, {**replay, "rate_limit": {}})}
+    )
+    tables.replace_window(con, tables.INCIDENT_DAMAGE, damage_rows, window)
+    tables.replace_window(con, tables.DEFENCE_REPLAY, replay_rows, window)
+    back = records.read_incident_damage(con, window)
+    # the same dict, the same key order (the pages list the rate-limit scenarios in it)
+    assert json.dumps(back["inc_a"]) == json.dumps({**damage.to_dict(), "replay": replay})
+    assert back["inc_b"]["replay"]["rate_limit"] == {} and back["inc_b"]["curve"] == []
+    assert records.read_incident_damage(con, (window[0], dt.date(2026, 11, 2))) == {}
 
 
 def test_logged_reference_leaves_out_suspects():
@@ -221,12 +249,14 @@ def audited(tmp_path_factory):
     return sim, out, truth
 
 
-def test_forensics_asset_fills_damage_scores_and_incidents(audited):
+def test_forensics_asset_writes_its_tables_joined_into_scores_and_incidents(audited):
     from dagster import materialize
     from dagster_duckdb import DuckDBResource
 
     from assets.forensics import forensics
+    from assets.report import user_scores_file
     from assets.resources import AuditConfig
+    from audits.forensics.records import read_incident_damage
 
     sim, out, truth = audited
     db = str(out / "stealwatch.duckdb")
@@ -237,7 +267,8 @@ def test_forensics_asset_fills_damage_scores_and_incidents(audited):
         reference=str(sim / "reference.parquet"),
     )
     result = materialize(
-        [forensics], resources={"duckdb": DuckDBResource(database=db), "audit": audit}
+        [forensics, user_scores_file],
+        resources={"duckdb": DuckDBResource(database=db), "audit": audit},
     )
     assert result.success
     scores = pl.read_parquet(out / "user_scores.parquet")
@@ -255,16 +286,20 @@ def test_forensics_asset_fills_damage_scores_and_incidents(audited):
     con = duckdb.connect(db, read_only=True)
     try:
         damage = con.sql("SELECT * FROM damage").pl()
-        incidents = con.sql("SELECT incident_id, est_fidelity, damage FROM incidents").pl()
+        incidents = con.sql("SELECT * FROM incidents").pl()
+        window = (incidents["window_start"][0], incidents["window_end"][0])
+        joined = read_incident_damage(con, window)
+        stored = con.sql("SELECT * FROM user_scores WHERE est_fidelity IS NOT NULL").pl()
     finally:
         con.close()
     assert set(flagged["user_id"]) <= set(damage.filter(pl.col("kind") == "user")["subject"])
     assert damage["window_start"][0] == dt.date.fromisoformat(truth["days"][0])
-    row = damage.filter(pl.col("replay").is_not_null()).row(0, named=True)
-    assert "rate_limit" in json.loads(row["replay"]) and json.loads(row["curve"])
-    assert incidents.height and incidents["est_fidelity"].null_count() == 0
-    assert "replay" in json.loads(incidents["damage"][0])
-    replay = json.loads(incidents["damage"][0])["replay"]
+    assert damage["curve_queries"].list.len().min() > 0
+    # forensics writes only its own tables: detection's rows stay as detection wrote them
+    assert "damage" not in incidents.columns and stored.height == 0
+    assert incidents.height and set(incidents["incident_id"]) == set(joined)
+    replay = joined[incidents["incident_id"][0]]["replay"]
+    assert "rate_limit" in replay and joined[incidents["incident_id"][0]]["curve"]
     assert replay["randomisation"]["legit_labels_changed"] == 0
     assert replay["randomisation"]["legit_mean_abs_change"] > 0
     assert 0 <= replay["dedup"]["fidelity"] <= 1 and replay["dedup"]["duplicates"] >= 0

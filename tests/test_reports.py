@@ -248,14 +248,53 @@ def test_a_cli_audit_is_recorded_in_the_dagster_home_instance(
 
 def test_closing_summary_names_the_privacy_gates_verdicts(tmp_path):
     import datetime as dt
-    import json
 
+    import duckdb
+
+    from audits import tables
+    from audits.privacy_results import privacy_frame
     from reports.pages import closing_summary
 
     window = (dt.date(2026, 11, 1), dt.date(2026, 11, 2))
+    database = str(tmp_path / "store.duckdb")
     assert "privacy" not in closing_summary(":memory:", window, tmp_path)
-    (tmp_path / "privacy").mkdir()
     result = {"passed": False, "verdicts": {"membership": "pass", "extraction": "fail"}}
-    (tmp_path / "privacy" / "privacy_audit.json").write_text(json.dumps(result))
-    line = closing_summary(":memory:", window, tmp_path)
+    with duckdb.connect(database) as con:
+        tables.create(con, tables.INCIDENTS)
+        tables.replace_all(con, tables.PRIVACY_AUDIT, privacy_frame(result))
+    line = closing_summary(database, window, tmp_path)
     assert "privacy gate FAILED (membership pass, extraction fail)" in line
+    with duckdb.connect(database) as con:
+        tables.replace_all(con, tables.PRIVACY_AUDIT, privacy_frame(None))
+    assert "privacy" not in closing_summary(database, window, tmp_path)
+
+
+def test_a_stale_privacy_result_is_never_read(tmp_path):
+    """A run that skips the privacy audit shows none, whatever an earlier run left: neither its
+    gate files in the output folder nor its row in the store are read as this run's."""
+    import duckdb
+    from dagster import materialize
+
+    from assets.privacy import privacy_audit
+    from assets.resources import AuditConfig, StoreResource
+    from assets.risk import risk_register
+    from audits import tables
+    from audits.privacy_results import privacy_frame
+
+    root, out = tmp_path / "logs", tmp_path / "out"
+    lines = [json.dumps(make_record("2026-11-01", i, user=f"u{i % 9}")) for i in range(200)]
+    write_jsonl(root / "dt=2026-11-01" / "a.jsonl.gz", lines)
+    assert main(["audit", "--logs", str(root), "--out", str(out), "--quiet"]) == 0
+    database = str(out / "stealwatch.duckdb")
+    stale = {"passed": False, "membership_auc": 0.987, "membership_auc_attack": "loss"}
+    (out / "privacy").mkdir(exist_ok=True)
+    (out / "privacy" / "privacy_audit.json").write_text(json.dumps(stale))
+    with duckdb.connect(database) as con:  # as an earlier run with a model left it
+        tables.replace_all(con, tables.PRIVACY_AUDIT, privacy_frame({**stale, "verdicts": {}}))
+    audit = AuditConfig(logs=str(root), out_dir=str(out), start="2026-11-01", end="2026-11-01")
+    resources = {"duckdb": StoreResource(database=database), "audit": audit}
+    assert materialize([privacy_audit, risk_register], resources=resources).success
+    register = (out / "risk_register.csv").read_text()
+    assert "privacy audit did not run" in register and "0.987" not in register
+    with duckdb.connect(database, read_only=True) as con:
+        assert tables.read_all(con, tables.PRIVACY_AUDIT).height == 0

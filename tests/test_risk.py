@@ -5,7 +5,6 @@ writes)."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import polars as pl
@@ -47,7 +46,8 @@ def _replay(before: float, limited: float, legit_users_affected: int, legit_user
     }
 
 
-def _incidents(rows: list[dict]) -> pl.DataFrame:
+def _incidents(rows: list[dict]) -> dict:
+    """The ``incidents`` and ``incident_damage`` of :class:`risk.Findings` for ``rows``."""
     base = {
         "first_seen": T0,
         "last_seen": T0,
@@ -55,14 +55,18 @@ def _incidents(rows: list[dict]) -> pl.DataFrame:
         "score": 5.0,
         "evidence": "[]",
     }
-    schema = INCIDENTS_SCHEMA | {"damage": pl.String}
-    return pl.DataFrame([{**base, **r} for r in rows], schema=schema)
+    frame = pl.DataFrame(
+        [{**base, **{k: v for k, v in r.items() if k != "damage"}} for r in rows],
+        schema=INCIDENTS_SCHEMA,
+    )
+    damage = {r["incident_id"]: r["damage"] for r in rows if r["damage"] is not None}
+    return {"incidents": frame, "incident_damage": damage}
 
 
 def _incident(kind: str, subject: str, severity: str, fidelity: float | None, replay=None) -> dict:
     damage = None
     if fidelity is not None:
-        damage = json.dumps({"fidelity": fidelity, "queries": 2000, "replay": replay})
+        damage = {"fidelity": fidelity, "queries": 2000, "replay": replay}
     return {
         "incident_id": f"inc_{kind}_{subject}",
         "kind": kind,
@@ -96,7 +100,7 @@ def test_extraction_row_follows_the_incidents_and_the_replay() -> None:
             _incident("user", "k_b", "medium", 0.80, _replay(0.80, 0.70, 1)),
         ]
     )
-    rows = _register(risk.Findings(incidents=incidents))
+    rows = _register(risk.Findings(**incidents))
     row = rows[risk.EXTRACTION]
     assert (row["likelihood"], row["impact"], row["risk"]) == ("high", "high", "high")
     assert "2 key incident(s), 1 high or critical" in row["evidence"]
@@ -104,9 +108,9 @@ def test_extraction_row_follows_the_incidents_and_the_replay() -> None:
     assert row["recommended_control"].startswith("per-key rate limits (30/minute, 600/hour)")
     # the same limits blocking 10 of 50 legitimate keys are too costly: rounding wins
     costly = _incidents([_incident("user", "k_a", "high", 0.95, _replay(0.95, 0.60, 10))])
-    advice = _register(risk.Findings(incidents=costly))[risk.EXTRACTION]["recommended_control"]
+    advice = _register(risk.Findings(**costly))[risk.EXTRACTION]["recommended_control"]
     assert advice.startswith("round probabilities to 1 decimal(s)")
-    quiet = _register(risk.Findings(incidents=_incidents([])))[risk.EXTRACTION]
+    quiet = _register(risk.Findings(**_incidents([])))[risk.EXTRACTION]
     assert (quiet["likelihood"], quiet["impact"]) == ("low", "not measured")
 
 
@@ -136,7 +140,7 @@ def test_membership_canary_and_monitoring_rows() -> None:
         ]
     )
     f = risk.Findings(
-        incidents=incidents, privacy=privacy, canary_hits=hits, canaries=3, confidence=confidence
+        **incidents, privacy=privacy, canary_hits=hits, canaries=3, confidence=confidence
     )
     rows = _register(f)
     member = rows[risk.MEMBERSHIP]

@@ -22,8 +22,10 @@ def _frame(table: tables.Table, rows: int, text: str) -> pl.DataFrame:
     for name, dtype in table.schema.items():
         if dtype == pl.String:
             values[name] = [f"{text}{i}" for i in range(rows)]
-        elif isinstance(dtype, pl.List):
+        elif isinstance(dtype, pl.List) and dtype.inner == pl.String:
             values[name] = [[text, f"{i}"] for i in range(rows)]
+        elif isinstance(dtype, pl.List):
+            values[name] = [[i, i + 1] for i in range(rows)]
         elif dtype == pl.Boolean:
             values[name] = [i % 2 == 0 for i in range(rows)]
         elif dtype in (pl.Int64,):
@@ -72,3 +74,15 @@ def test_delete_window_removes_only_that_window() -> None:
     tables.delete_window(con, table, W1)
     assert tables.read_window(con, table, W1).height == 0
     assert tables.read_window(con, table, W2).height == 1
+
+
+def test_a_table_without_window_holds_the_latest_run_only() -> None:
+    con = duckdb.connect()
+    table = tables.PRIVACY_AUDIT
+    assert tables.read_all(con, table).height == 0  # never written: empty, not an error
+    tables.replace_all(con, table, _frame(table, 1, HOSTILE))
+    tables.replace_all(con, table, _frame(table, 1, "later"))
+    assert tables.read_all(con, table).equals(_frame(table, 1, "later"))
+    tables.replace_all(con, table, table.empty())
+    assert tables.read_all(con, table).height == 0
+    assert "window_start" not in table.ddl

@@ -5,7 +5,6 @@ estimated one at a time in a process pool, with the defence replay of every inci
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from audits.forensics.damage import TRAIN_BUDGET, Damage
 from audits.forensics.defences import DefenceSettings, LegitCosts, legit_costs
 from audits.forensics.linking import link_groups
 from audits.forensics.pool import SubjectTask, default_workers, estimate_subjects
+from audits.forensics.records import damage_figures
 from audits.forensics.surrogates import as_labels
 from audits.forensics.traffic import REFERENCE_ROWS, logged_reference, proba_columns, traffic
 
@@ -139,7 +139,7 @@ def run_forensics(
     damages, replays = _estimate_all(source, task, keys, replay_keys, width, settings, log)
     clock.lap("subjects")
     rows = [
-        _damage_row(kind, subject, members, damages, replays, ref_kind)
+        _damage_row(kind, subject, members, damages, ref_kind)
         for kind, subject, members in subjects
     ]
     fidelity = {u: damages[(u,)].fidelity for u in flagged if (u,) in damages}
@@ -166,24 +166,14 @@ def _estimate_all(source, task, keys, replay_keys, width, settings, log):
     return damages, replays
 
 
-def _damage_row(kind, subject, members, damages, replays, ref_kind) -> dict:
+def _damage_row(kind, subject, members, damages, ref_kind) -> dict:
     d = damages[_members_key(members)]
-    replay = replays.get(_members_key(members))
     return {
         "subject": subject,
         "kind": kind,
         "members": members,
-        "est_fidelity": d.fidelity,
-        "ci_low": d.ci[0],
-        "ci_high": d.ci[1],
-        "fidelity_probabilities": d.fidelity_probabilities,
-        "queries": d.queries,
-        "queries_to_90": d.queries_to_90,
-        "surrogate": d.surrogate,
+        **damage_figures(d),
         "reference": ref_kind,
-        "curve": json.dumps(d.curve),
-        "replay": json.dumps(replay) if replay is not None else None,
-        "trained_on": d.trained_on,
     }
 
 

@@ -221,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
         )
     from reports.pages import closing_summary
 
-    print(f"stealwatch: {closing_summary(database, (start, end), out)}", file=sys.stderr)
+    line = closing_summary(database, (start, end), out, lake=args.lake)
+    print(f"stealwatch: {line}", file=sys.stderr)
     for name in ("report.html", "ingest_summary.json"):
         if (out / name).exists():
             print(out / name)
