@@ -228,6 +228,12 @@ def test_stealwatch_gate_subprocess(files, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def _store(folder):
+    from assets.resources import StoreResource
+
+    return StoreResource(database=str(folder / "store.duckdb"))
+
+
 def test_privacy_audit_asset_reports_a_failed_gate_and_the_run_goes_on(
     files, tmp_path, monkeypatch
 ):
@@ -248,12 +254,21 @@ def test_privacy_audit_asset_reports_a_failed_gate_and_the_run_goes_on(
         train=str(files["train"]),
         holdout=str(files["holdout"]),
     )
-    result = materialize([privacy_audit], resources={"audit": config}, raise_on_error=False)
+    resources = {"audit": config, "duckdb": _store(tmp_path)}
+    result = materialize([privacy_audit], resources=resources, raise_on_error=False)
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert [c.check_name for c in checks] == ["privacy_gate"] and not checks[0].passed
     for name in ("privacy_audit.json", "junit.xml", "privacy_report.html"):
         assert (tmp_path / "privacy" / name).exists()
+    # the asset's output: its table holds the result the gate's JSON holds
+    import duckdb
+
+    from audits.privacy_results import read_privacy
+
+    written = json.loads((tmp_path / "privacy" / "privacy_audit.json").read_text())
+    with duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True) as con:
+        assert read_privacy(con) == written and written["passed"] is False
 
 
 def test_privacy_audit_asset_skips_without_data(tmp_path):
@@ -262,9 +277,8 @@ def test_privacy_audit_asset_skips_without_data(tmp_path):
     from assets.privacy import privacy_audit
     from assets.resources import AuditConfig
 
-    result = materialize(
-        [privacy_audit], resources={"audit": AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path))}
-    )
+    audit = AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path))
+    result = materialize([privacy_audit], resources={"audit": audit, "duckdb": _store(tmp_path)})
     assert result.success
     mats = result.asset_materializations_for_node("privacy_audit")
     assert "skipped" in mats[0].metadata["status"].value
@@ -284,5 +298,7 @@ def test_skipped_privacy_audit_removes_an_earlier_runs_gate_outputs(tmp_path):
         (earlier / name).write_text("from an earlier run")
     (earlier / "notes.txt").write_text("not ours")
     audit = AuditConfig(logs=str(tmp_path), out_dir=str(tmp_path))
-    assert materialize([privacy_audit], resources={"audit": audit}).success
+    assert materialize(
+        [privacy_audit], resources={"audit": audit, "duckdb": _store(tmp_path)}
+    ).success
     assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]
