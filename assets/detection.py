@@ -68,6 +68,15 @@ def _window_or_empty(context, audit, con):
     return window
 
 
+def _forget_window(context, audit, con, *written: tables.Table) -> None:
+    """Nothing to score: an earlier run's rows of the window go, so that no later step reads
+    them as this run's."""
+    window = audit_window(context, audit, con)
+    for table in written:
+        if window is not None and tables.exists(con, table):
+            tables.delete_window(con, table, window)
+
+
 @asset(deps=["events"], pool=DUCKDB_POOL, group_name="detection")
 def user_features(
     context: AssetExecutionContext, duckdb: DuckDBResource, audit: AuditConfig
@@ -104,6 +113,7 @@ def user_scores(
     with duckdb.get_connection() as con:
         window = _window_or_empty(context, audit, con)
         if window is None:
+            _forget_window(context, audit, con, tables.USER_SCORES, tables.SCORE_GROUPS)
             return MaterializeResult(metadata={"rows": 0, "flagged": 0})
         progress_for(context)("detection: scoring every user with each detector")
         features = read_window(con, tables.USER_FEATURES, window)

@@ -298,3 +298,16 @@ def test_a_stale_privacy_result_is_never_read(tmp_path):
     assert "privacy audit did not run" in register and "0.987" not in register
     with duckdb.connect(database, read_only=True) as con:
         assert tables.read_all(con, tables.PRIVACY_AUDIT).height == 0
+
+
+def test_a_window_too_small_to_score_exports_no_earlier_scores(tmp_path):
+    """Re-audited with too few users to score, the window's file holds no earlier run's rows."""
+    out = tmp_path / "out"
+    for users, folder in ((9, "many"), (2, "few")):
+        root = tmp_path / folder
+        lines = [json.dumps(make_record("2026-11-01", i, user=f"u{i % users}")) for i in range(90)]
+        write_jsonl(root / "dt=2026-11-01" / "a.jsonl.gz", lines)
+        args = ["audit", "--logs", str(root), "--out", str(out), "--quiet", "--replace"]
+        assert main(args) == 0
+        scores = pl.read_parquet(out / "user_scores.parquet")
+        assert scores.height == (9 if users == 9 else 0)
