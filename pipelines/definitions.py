@@ -1,6 +1,7 @@
 """The Dagster definitions: every asset, check, job, schedule and sensor, and their resources.
 
-``dagster dev -m pipelines.definitions`` serves them; ``stealwatch audit`` runs the same job
+``dagster dev -m pipelines.definitions`` serves them (:func:`defs`, built when Dagster loads
+the code location, not when the module is imported); ``stealwatch audit`` runs the same job
 in-process with resources built from its arguments. Environment variables configure the
 deployed resources: ``STEALWATCH_LOGS`` (archive root), ``STEALWATCH_OUT`` (output folder),
 ``STEALWATCH_DB`` (DuckDB file, default ``$STEALWATCH_OUT/stealwatch.duckdb``),
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import Definitions, JobDefinition
+from dagster import Definitions, JobDefinition, definitions
 
 from assets.canaries import canary_assets
 from assets.detection import detection_assets
@@ -153,4 +154,9 @@ def per_run_resources(audit: AuditConfig, database: str, lake: str) -> dict:
     }
 
 
-defs = build_definitions(*resources_from_env(), os.environ.get("STEALWATCH_ENV", "local"))
+@definitions
+def defs() -> Definitions:
+    """The deployed code location (``dagster dev -m pipelines.definitions``), built when Dagster
+    loads it: importing this module (the CLI, a multiprocess run's children, the tests) reads
+    no environment."""
+    return build_definitions(*resources_from_env(), os.environ.get("STEALWATCH_ENV", "local"))

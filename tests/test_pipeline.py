@@ -32,6 +32,21 @@ def test_definitions_validate() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_importing_the_definitions_reads_no_environment() -> None:
+    """A bad deployment setting fails the code location when Dagster loads it, not every
+    importer of the module (the CLI, a multiprocess run's children)."""
+    code = (
+        "import pipelines.definitions as d\n"
+        "try:\n    d.defs()\nexcept ValueError as e:\n    print('refused:', e)\n"
+    )
+    env = {**os.environ, "STEALWATCH_ENV": "nowhere", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: STEALWATCH_ENV='nowhere'" in done.stdout
+
+
 def test_audit_writes_the_summary_and_a_rerun_changes_nothing(
     archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
