@@ -384,12 +384,33 @@ def test_the_asset_reads_the_store_as_a_frame_and_in_workers_as_in_process(audit
     assert (table["queries"] > 300).any()
 
 
-def test_an_old_damage_table_gets_the_trained_on_column():
-    from assets.forensics import DAMAGE_MIGRATION
-    from audits.tables import DAMAGE
+def test_an_old_damage_table_takes_the_new_rows():
+    from assets.forensics import DAMAGE_MIGRATIONS
+    from audits import tables
 
     con = duckdb.connect()
-    con.execute(DAMAGE.ddl.replace(", trained_on BIGINT", ""))
-    con.execute(DAMAGE_MIGRATION)
-    con.execute(DAMAGE_MIGRATION)
-    assert "trained_on" in [c[0] for c in con.sql("DESCRIBE damage").fetchall()]
+    # as a store from before the training budget and the typed curve holds it
+    con.execute(
+        "CREATE TABLE damage (window_start DATE NOT NULL, window_end DATE NOT NULL, "
+        "subject VARCHAR NOT NULL, kind VARCHAR NOT NULL, members VARCHAR[], "
+        "est_fidelity DOUBLE, ci_low DOUBLE, ci_high DOUBLE, fidelity_probabilities DOUBLE, "
+        "queries BIGINT, queries_to_90 BIGINT, surrogate VARCHAR, reference VARCHAR, "
+        "curve VARCHAR, replay VARCHAR)"
+    )
+    for migration in (*DAMAGE_MIGRATIONS, *DAMAGE_MIGRATIONS):
+        con.execute(migration)
+    window = (dt.date(2026, 11, 1), dt.date(2026, 11, 1))
+    row = {
+        "subject": "k",
+        "kind": "user",
+        "members": ["k"],
+        "est_fidelity": 0.5,
+        "queries": 40,
+        "trained_on": 40,
+        "curve_queries": [20, 40],
+        "curve_fidelity": [0.3, 0.5],
+    }
+    frame = pl.DataFrame([row], schema=tables.DAMAGE.schema)
+    tables.replace_window(con, tables.DAMAGE, frame, window)
+    back = tables.read_window(con, tables.DAMAGE, window)
+    assert back.select(frame.columns).equals(frame)
