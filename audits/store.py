@@ -83,10 +83,11 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = ()) -
     return rows[0] if rows else ()
 
 
-CHUNK_LINES = 1 << 18
+CHUNK_LINES = 1 << 20
 """Consecutive days are validated in one statement and committed in one transaction until
-their lines reach this many, so small days do not each pay the fixed cost of a statement and
-a commit. A larger day is a chunk of its own."""
+their lines reach this many, so small days do not each pay the fixed cost of a statement, a
+commit and a checkpoint (the checkpoints of many small chunks cost far more than a few large
+ones'; docs/benchmarks.md). A larger day is a chunk of its own."""
 CHUNK_DAYS = 31  # and at most this many days, however small
 
 

@@ -34,7 +34,7 @@ def make_surrogate(family: str, seed: int, *, c: float = 1.0):
         return HistGradientBoostingClassifier(
             max_iter=40,
             learning_rate=0.2,
-            max_leaf_nodes=15,
+            max_leaf_nodes=7,
             early_stopping=False,
             random_state=seed,
         )
