@@ -23,7 +23,6 @@ MAX_LINES = 500
 SPLIT_BY_OTHERS = {
     "audits/forensics.py": "the speed helper splits it into audits/forensics/",
     "audits/ownership.py": "the ownership helper splits it",
-    "audits/features.py": "the detection helper owns it",
     "audits/scoring.py": "the detection helper owns it",
     "audits/privacy/membership.py": "the ownership/privacy helper owns it",
     "audits/detectors.py": "the detection helper owns it",
