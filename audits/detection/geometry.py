@@ -27,6 +27,7 @@ COVERAGE_SAMPLE = 64
 NEAR_DUP_RATIO = 0.1  # near-duplicate: nearer to an earlier query than 10% of the user's
 # typical distance between two of their own queries (relative, so a dense slice is not "steps")
 MANIFOLD_VARIANCE = 0.95  # principal components of the reference kept as "the data manifold"
+LOCAL_FLOOR = 0.1  # a reference row's spacing is at least this share of the typical one (repeats)
 
 GEOMETRY_COLUMNS: tuple[str, ...] = (
     # query statistics (standardised by the reference)
@@ -76,9 +77,12 @@ class Reference:
         # typical distance of a reference row to its nearest other reference row
         d, _ = self.tree.query(Z[: min(len(Z), 1000)], k=2)
         self.nn_scale = float(np.median(d[:, 1])) or 1.0
-        # each reference row's own nearest other row, in nn_scale units: what queries drawn
-        # from the reference data show (the null of ``ref_nn_dist``)
-        self.nn_loo = d[:, 1] / self.nn_scale
+        # each reference row's distance to its nearest other row: the local spacing of the
+        # data, against which a query's distance to its nearest row is measured
+        local, _ = self.tree.query(Z, k=2)
+        self.local_nn = np.maximum(local[:, 1], LOCAL_FLOOR * self.nn_scale)
+        # what queries drawn from the reference data show (the null of ``ref_nn_dist``)
+        self.nn_loo = self._loo_ratio(Z[: min(len(Z), 1000)])
         _, s, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
         share = np.cumsum(s**2) / max(float(np.sum(s**2)), 1e-12)
         k = int(np.searchsorted(share, MANIFOLD_VARIANCE) + 1)
@@ -88,6 +92,19 @@ class Reference:
         self.residual_scale = float(np.median(res)) or 1.0
         self.residual_loo = res / self.residual_scale  # the null of ``manifold_residual``
         self.cells = _kmeans(Z, min(COVERAGE_CELLS, len(Z)), rng)
+
+    def nn_ratio(self, Z: np.ndarray) -> np.ndarray:
+        """Each row's distance to its nearest reference row over that row's own spacing."""
+        d, idx = self.tree.query(Z, k=1)
+        return d / self.local_nn[idx]
+
+    def _loo_ratio(self, Z: np.ndarray) -> np.ndarray:
+        """:meth:`nn_ratio` of the first reference rows ``Z``, each left out of the reference:
+        the nearest other row's spacing is taken without the row itself."""
+        d, idx = self.tree.query(Z, k=2)
+        dd, second = self.tree.query(self.Z[idx[:, 1]], k=3)
+        spacing = np.where(second[:, 1] == np.arange(len(Z)), dd[:, 2], dd[:, 1])
+        return d[:, 1] / np.maximum(spacing, LOCAL_FLOOR * self.nn_scale)
 
     @property
     def width(self) -> int:
@@ -184,7 +201,7 @@ def geometry_features(
         Zu = ref.standardise(Xu[first[offsets[i] : offsets[i + 1]]])
         m = len(Zu)
         sample = Zu if m <= DIST_SAMPLE else Zu[np.sort(rng.choice(m, DIST_SAMPLE, replace=False))]
-        nn, _ = ref.tree.query(sample, k=1)
+        nn = ref.nn_ratio(sample)
         out_of_range = ((Xu < ref.lo) | (Xu > ref.hi)).any(axis=1).mean()
         cov_s = (
             sample
@@ -224,7 +241,7 @@ def geometry_features(
                 "prada_w": w,
                 "near_dup_rate": near,
                 "one_feature_changed_rate": one,
-                "ref_nn_dist": float(np.median(nn) / ref.nn_scale),
+                "ref_nn_dist": float(np.median(nn)),
                 "ref_mean_shift": float(np.linalg.norm(sample.mean(axis=0)) / math.sqrt(ref.width)),
                 "manifold_residual": float(np.median(ref.residual(sample)) / ref.residual_scale),
                 "out_of_range_share": float(out_of_range),
