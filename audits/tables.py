@@ -157,7 +157,7 @@ USER_FEATURES = Table(
 )
 USER_SCORES = Table(
     "user_scores", USER_SCORES_SCHEMA, required=("user_id",), order=("user_id",)
-)  # its score_* columns follow audits.scoring.SCORE_COLUMNS
+)  # its score_* columns: one per detector of audits.detectors.REGISTRY (SCORE_COLUMNS)
 SCORE_GROUPS = Table(
     "score_groups",
     {
