@@ -22,16 +22,12 @@ FORBIDDEN = {
 MAX_LINES = 500
 SPLIT_BY_OTHERS = {
     "audits/forensics.py": "the speed helper splits it into audits/forensics/",
-    "audits/ownership.py": "the ownership helper splits it",
     "audits/features.py": "the detection helper owns it",
     "audits/scoring.py": "the detection helper owns it",
-    "audits/privacy/membership.py": "the ownership/privacy helper owns it",
     "audits/detectors.py": "the detection helper owns it",
 }
 PENDING_ARROWS = {
     # upward imports another helper is removing; the lead deletes the entry after the merge
-    "audits.ownership -> reports.ownership": "the ownership helper moves its HTML to the caller",
-    "audits.ownership -> reports.render": "the ownership helper moves its HTML to the caller",
 }
 
 

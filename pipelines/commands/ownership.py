@@ -114,8 +114,9 @@ def read_reference(path: str, width: int, label_column: str) -> np.ndarray:
 
 def run_fingerprint(args: argparse.Namespace) -> int:
     from audits.models import load_served_model
-    from audits.ownership import make_fingerprint, write_fingerprint
+    from audits.ownership import make_fingerprint
     from audits.privacy.data import read_table, to_labelled
+    from reports.ownership import write_fingerprint
 
     if args.n < 10:
         raise InputError(f"--n must be at least 10, got {args.n}")
@@ -172,7 +173,8 @@ def run_fingerprint(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from audits.models import load_served_model
-    from audits.ownership import load_fingerprint, verify, write_verify_outputs
+    from audits.ownership import load_fingerprint, verify
+    from reports.ownership import write_verify_outputs
 
     fingerprint = load_fingerprint(args.fingerprint)
     suspect = load_served_model(args.suspect, trust_pickle=args.trust_pickle)
