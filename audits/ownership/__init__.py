@@ -11,12 +11,14 @@ trained independently on the same task do not.
 2. Selection: surrogates trained on the served model's answers (what extraction attackers
    do: natural, uniform, perturbed and widened queries; logistic regression, gradient
    boosting, MLP) and independent models trained on the ground-truth labels of one half of
-   the ``--train`` rows (the same families). A candidate's conferrability for one query
-   strategy is, averaged over the families, the share of that strategy's surrogates that
-   agree with the served label minus the share of independent models (``selection_seeds``
-   per family) that do. The fingerprint has one stratum per strategy, its ``n / 4`` most
-   conferrable candidates (none twice): averaged over all surrogates, off-distribution
-   points won, where copies trained on natural queries behave like independent models.
+   the ``--train`` rows (the null's five families, ``selection_seeds`` each). A candidate's
+   conferrability for one query strategy is the share of that strategy's surrogates that
+   agree with the served label (averaged over their families) minus the highest share of
+   any one family of independent models: a point the served model's own architecture
+   reproduces when trained independently is not conferrable. The fingerprint has one
+   stratum per strategy, its ``n / 4`` most conferrable candidates (none twice): averaged
+   over all surrogates, off-distribution points won, where copies trained on natural
+   queries behave like independent models.
 3. Null: ``K`` further independent models per family (five families, other seeds) trained on
    the other half of the rows. Sharing no row with the selection models, they are not biased
    low by the selection: candidates are chosen where the selection models happen to disagree
@@ -34,8 +36,10 @@ scikit-learn estimator, an ONNX linear classifier or dense network), else the mo
 conservative family (the largest p-value: matching by behaviour on the probe set let
 independent RBF SVMs pass as copies). The probe similarity is still reported. Per stratum
 and on all points, the p-value is the upper tail of a Student-t prediction interval for one
-more model of that family: its null models' mean, the spread pooled over all families
-(about each family's own mean); the suspect's p-value is the smallest times the number of
+more model of that family, its expected agreement from a regression of the null models'
+agreement on their agreement with the served model on the probe set (an intercept per family,
+one slope: a more faithful independent model agrees more on the fingerprint too), the
+residual spread pooled over all families; the suspect's p-value is the smallest times the number of
 tests (Bonferroni). The verdict is "copy" when
 it is below ``alpha`` (or the suspect file is byte-identical to the fingerprinted model),
 else "not shown": the check cannot prove independence. Everything is written as JSON: no
@@ -90,6 +94,8 @@ from audits.ownership.models import (
 from audits.ownership.verify import (
     ALL,
     DEFAULT_ALPHA,
+    adjusted_stratified_p,
+    adjusted_upper_p,
     pooled_t_upper_p,
     stratified_p,
     t_upper_p,
@@ -114,6 +120,8 @@ __all__ = [
     "SELECTION_SEEDS",
     "SURROGATE_QUERIES",
     "VERSION",
+    "adjusted_stratified_p",
+    "adjusted_upper_p",
     "architecture",
     "as_labels",
     "boundary_points",

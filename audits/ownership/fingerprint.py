@@ -92,14 +92,15 @@ def conferrability(
     independent_agree: np.ndarray,
     independent_family: list[str],
 ) -> np.ndarray:
-    """Per candidate, averaged over families: surrogates' agreement minus independents'."""
-    families = sorted(set(surrogate_family) & set(independent_family))
+    """Per candidate: the surrogates' agreement (averaged over their families) minus the highest
+    agreement of any family of independent models, so that a point one independent family
+    (the served model's own architecture, say) shares with the served model is not chosen."""
     sf, inf = np.asarray(surrogate_family), np.asarray(independent_family)
-    gaps = [
-        surrogate_agree[sf == f].mean(axis=0) - independent_agree[inf == f].mean(axis=0)
-        for f in families
-    ]
-    return np.mean(gaps, axis=0)
+    copies = np.mean([surrogate_agree[sf == f].mean(axis=0) for f in dict.fromkeys(sf)], axis=0)
+    independent = np.max(
+        [independent_agree[inf == f].mean(axis=0) for f in dict.fromkeys(inf)], axis=0
+    )
+    return copies - independent
 
 
 def select_strata(
@@ -182,7 +183,7 @@ def make_fingerprint(
             train_X[select_rows],
             train_y[select_rows],
             rng,
-            SELECTION_FAMILIES,
+            null_families,
             [seed * 100 + 1 + s for s in range(selection_seeds)],
             rows,
         )

@@ -56,6 +56,46 @@ def stratified_p(
     return min(1.0, len(by_stratum) * min(by_stratum.values())), by_stratum
 
 
+def adjusted_upper_p(
+    value: float,
+    probe_agreement: float,
+    agreement: np.ndarray,
+    null_probe: np.ndarray,
+    families: np.ndarray,
+    family: str,
+) -> float:
+    """As :func:`pooled_t_upper_p`, but the expected agreement of one more model of ``family``
+    comes from a regression of the null models' agreement on their agreement with the served
+    model on the probe set (unselected candidates), one intercept per family and a common
+    slope: an independent model that is simply more faithful everywhere is expected to agree
+    more on the fingerprint too, and a copy's excess over that is what the test measures."""
+    names = sorted(set(families.tolist()))
+    design = np.column_stack([null_probe, *[(families == f).astype(float) for f in names]])
+    df = len(agreement) - design.shape[1]
+    if df < 1:
+        return pooled_t_upper_p(value, agreement, families, family)
+    coef, *_ = np.linalg.lstsq(design, agreement, rcond=None)
+    sd = float(np.sqrt(((agreement - design @ coef) ** 2).sum() / df))
+    expected = float(coef[0] * probe_agreement + coef[1 + names.index(family)])
+    return _t_sf(value, expected, sd, len(agreement), df)
+
+
+def adjusted_stratified_p(
+    suspect: dict[str, float],
+    probe_agreement: float,
+    null: dict[str, np.ndarray],
+    null_probe: np.ndarray,
+    families: np.ndarray,
+    family: str,
+) -> tuple[float, dict[str, float]]:
+    """:func:`stratified_p` with :func:`adjusted_upper_p` per stratum (Bonferroni)."""
+    by_stratum = {
+        s: adjusted_upper_p(v, probe_agreement, null[s], null_probe, families, family)
+        for s, v in suspect.items()
+    }
+    return min(1.0, len(by_stratum) * min(by_stratum.values())), by_stratum
+
+
 def _t_sf(value: float, mean: float, sd: float, m: int, df: int) -> float:
     from scipy.stats import t as student_t
 
@@ -102,7 +142,17 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
         if s != ALL
     }
     null_by_stratum[ALL] = null_agreement
-    tests = {f: stratified_p(suspect_by_stratum, null_by_stratum, families, f) for f in names}
+    probe_labels = np.asarray(fingerprint["probe"]["labels"], dtype=str)
+    probe_agreement = float((said_probe == probe_labels).mean())
+    null_probe = np.array(
+        [float((np.asarray(r["probe_labels"], dtype=str) == probe_labels).mean()) for r in nulls]
+    )
+    tests = {
+        f: adjusted_stratified_p(
+            suspect_by_stratum, probe_agreement, null_by_stratum, null_probe, families, f
+        )
+        for f in names
+    }
     p_family = {f: p for f, (p, _) in tests.items()}
     family = architecture(suspect)
     matched_by = "architecture"
@@ -142,6 +192,7 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
         "matched_family": family,
         "matched_by": matched_by,
         "family_similarity": {f: round(v, 4) for f, v in family_similarity.items()},
+        "probe_agreement": round(probe_agreement, 4),
         "p_value_by_family": {f: p_family[f] for f in names},
         "agreement_by_stratum": {
             s: {
