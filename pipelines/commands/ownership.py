@@ -181,6 +181,10 @@ def run_verify(args: argparse.Namespace) -> int:
     result = verify(fingerprint, suspect, alpha=args.alpha)
     print(f"suspect: {result['suspect']['name']} ({result['suspect']['kind']})")
     print(f"agreement: {result['agreement']:.4f} on {result['points']} fingerprint inputs")
+    print(
+        f"agreement on the probe inputs: {result['probe_agreement']:.4f} "
+        "(independent models that agree more there are expected to agree more on the fingerprint)"
+    )
     how = "its architecture" if result["matched_by"] == "architecture" else "most conservative"
     print(
         f"independent models: {result['matched_family']} ({how}) mean "
