@@ -15,6 +15,11 @@ Each model's fidelity is its agreement with the served model on SIM/holdout.parq
 Prints each verdict, then TPR (copies found) and FPR (independent models called copies)
 overall, by copy family and by fidelity band, next to the fidelity independent models reach.
 Without --archive, simulates one into a temporary folder first.
+
+    .venv/bin/python benchmarks/ownership.py --pool R11.json R12.json ...
+
+pools the --json results of several runs (seeds) into one TPR/FPR and ROC AUC. The fingerprint
+and verify settings were tuned on simulation seeds 1 and 2; docs/privacy.md reports seeds 11-15.
 """
 
 from __future__ import annotations
@@ -229,6 +234,19 @@ def separation(results: list[dict]) -> str:
     )
 
 
+def pool(runs: list[list[dict]]) -> None:
+    """TPR, FPR and the ROC AUC over the verdicts of several runs together."""
+    results = [r for run in runs for r in run]
+    copies = [r for r in results if r["role"] == "copy"]
+    independent = [r for r in results if r["role"] == "independent"]
+    print(f"{len(runs)} runs pooled")
+    print(f"TPR (copies called copy): {rate(copies)}")
+    print(f"FPR (independent models called copy): {rate(independent)}")
+    faithful = [r for r in copies if r["fidelity"] >= 0.8]
+    print(f"TPR among copies with fidelity >= 0.8: {rate(faithful)}")
+    print(separation(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", help="a `stealwatch simulate` folder (default: simulate)")
@@ -237,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=60)
     parser.add_argument("--n", type=int, default=400, help="fingerprint inputs (default: 400)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--pool", nargs="+", help="pool the --json results of several runs")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.pool:
+        pool([json.loads(Path(f).read_text()) for f in args.pool])
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sim = Path(args.archive) if args.archive else work / "sim"

@@ -3,12 +3,14 @@ independent models and reference copies. Self-contained, inline SVG, determinist
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from audits.errors import InputError
 from reports.render import SVG_RC, environment, svg_markup, write_atomically
 
 FAMILY_LABELS = {
@@ -88,3 +90,20 @@ def write_ownership_report(result: dict, path: str | Path) -> Path:
     path = Path(path)
     write_atomically(path, render_ownership_report(result))
     return path
+
+
+def write_fingerprint(fingerprint: dict, path: str | Path) -> Path:
+    """The fingerprint file (its JSON text from :mod:`audits.ownership`), written atomically."""
+    from audits.ownership import fingerprint_text
+
+    return write_atomically(Path(path), fingerprint_text(fingerprint))
+
+
+def write_verify_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """``verify.json`` and the self-contained ``verify.html`` in ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    json_path = write_atomically(out / "verify.json", json.dumps(result, indent=1) + "\n")
+    html_path = write_ownership_report(result, out / "verify.html")
+    return {"json": json_path, "html": html_path}

@@ -20,16 +20,6 @@ FORBIDDEN = {
     "pipelines": set(),
 }
 MAX_LINES = 500
-SPLIT_BY_OTHERS = {
-    "audits/forensics.py": "the speed helper splits it into audits/forensics/",
-    "audits/ownership.py": "the ownership helper splits it",
-    "audits/privacy/membership.py": "the ownership/privacy helper owns it",
-}
-PENDING_ARROWS = {
-    # upward imports another helper is removing; the lead deletes the entry after the merge
-    "audits.ownership -> reports.ownership": "the ownership helper moves its HTML to the caller",
-    "audits.ownership -> reports.render": "the ownership helper moves its HTML to the caller",
-}
 
 
 def module_files() -> dict[str, Path]:
@@ -131,7 +121,7 @@ def test_layers_only_point_down() -> None:
         for target in sorted(targets)
         if target.split(".")[0] in FORBIDDEN[module.split(".")[0]]
     ]
-    assert [arrow for arrow in upward if arrow not in PENDING_ARROWS] == []
+    assert upward == []
 
 
 def test_no_import_cycle() -> None:
@@ -157,14 +147,10 @@ def test_cycles_are_found() -> None:
 
 
 def _domain_modules() -> list[pytest.param]:
-    params = []
-    for path in sorted((REPO / "audits").rglob("*.py")):
-        relative = path.relative_to(REPO).as_posix()
-        marks = []
-        if relative in SPLIT_BY_OTHERS:
-            marks = [pytest.mark.xfail(reason=SPLIT_BY_OTHERS[relative], strict=False)]
-        params.append(pytest.param(path, id=relative, marks=marks))
-    return params
+    return [
+        pytest.param(path, id=path.relative_to(REPO).as_posix())
+        for path in sorted((REPO / "audits").rglob("*.py"))
+    ]
 
 
 @pytest.mark.parametrize("path", _domain_modules())

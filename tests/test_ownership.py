@@ -175,6 +175,28 @@ def test_pooled_p_value_uses_each_family_mean_and_the_pooled_spread():
     assert own.t_upper_p(0.22, agreement[:3]) == pytest.approx(0.5)
 
 
+def test_adjusted_p_value_expects_more_agreement_from_a_more_faithful_model():
+    rng = np.random.default_rng(3)
+    families = np.repeat(np.array(["a", "b"]), 8)
+    probe = rng.uniform(0.6, 0.8, 16)
+    agreement = 0.1 + 0.5 * probe + np.where(families == "b", 0.2, 0.0)
+    agreement = agreement + rng.normal(0, 0.01, 16)
+    # on the family's regression line: p = 1/2; the same agreement from a less faithful model
+    # (lower probe agreement) is surprising, from a more faithful one it is not
+    on_line = 0.1 + 0.5 * 0.7
+    assert own.adjusted_upper_p(on_line, 0.7, agreement, probe, families, "a") == pytest.approx(
+        0.5, abs=0.1
+    )
+    assert own.adjusted_upper_p(on_line, 0.5, agreement, probe, families, "a") < 0.01
+    assert own.adjusted_upper_p(on_line, 0.9, agreement, probe, families, "a") > 0.9
+    # family b's intercept is 0.2 higher: the same agreement is unremarkable for a but low for b
+    assert own.adjusted_upper_p(on_line, 0.7, agreement, probe, families, "b") > 0.99
+    suspect = {"natural": on_line, "uniform": on_line}
+    null = {"natural": agreement, "uniform": agreement}
+    p, by_stratum = own.adjusted_stratified_p(suspect, 0.5, null, probe, families, "a")
+    assert p == pytest.approx(min(1.0, 2 * min(by_stratum.values())))
+
+
 def test_stratified_p_value_is_bonferroni_over_the_strata():
     families = np.array(["a", "a", "a", "b", "b", "b"])
     null = {

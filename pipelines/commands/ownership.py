@@ -114,8 +114,9 @@ def read_reference(path: str, width: int, label_column: str) -> np.ndarray:
 
 def run_fingerprint(args: argparse.Namespace) -> int:
     from audits.models import load_served_model
-    from audits.ownership import make_fingerprint, write_fingerprint
+    from audits.ownership import make_fingerprint
     from audits.privacy.data import read_table, to_labelled
+    from reports.ownership import write_fingerprint
 
     if args.n < 10:
         raise InputError(f"--n must be at least 10, got {args.n}")
@@ -172,13 +173,18 @@ def run_fingerprint(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from audits.models import load_served_model
-    from audits.ownership import load_fingerprint, verify, write_verify_outputs
+    from audits.ownership import load_fingerprint, verify
+    from reports.ownership import write_verify_outputs
 
     fingerprint = load_fingerprint(args.fingerprint)
     suspect = load_served_model(args.suspect, trust_pickle=args.trust_pickle)
     result = verify(fingerprint, suspect, alpha=args.alpha)
     print(f"suspect: {result['suspect']['name']} ({result['suspect']['kind']})")
     print(f"agreement: {result['agreement']:.4f} on {result['points']} fingerprint inputs")
+    print(
+        f"agreement on the probe inputs: {result['probe_agreement']:.4f} "
+        "(independent models that agree more there are expected to agree more on the fingerprint)"
+    )
     how = "its architecture" if result["matched_by"] == "architecture" else "most conservative"
     print(
         f"independent models: {result['matched_family']} ({how}) mean "

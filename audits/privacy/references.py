@@ -1,0 +1,117 @@
+"""Reference models shared by LiRA and RMIA: fitted on disjoint splits of the holdout, each used
+as an OUT model only for rows it did not train on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.base import clone
+
+if TYPE_CHECKING:
+    from audits.privacy.membership import MembershipSample
+
+
+EPS = 1e-6
+POPULATION_ROWS = 5000
+
+Progress = Callable[[str], None] | None
+
+
+@dataclass(frozen=True)
+class References:
+    """Clipped log-probabilities of reference models on the sample and on population rows,
+    with masks of the rows each model did not train on (OUT)."""
+
+    sample_logp: np.ndarray  # (models, sample rows, classes)
+    sample_out: np.ndarray  # bool, (models, sample rows)
+    population_logp: np.ndarray  # (models, population rows, classes)
+    population_out: np.ndarray
+    population_rows: np.ndarray  # holdout rows used as the population z
+    population_y: np.ndarray
+    split_of: np.ndarray  # for each holdout row, the reference model trained on it
+    family: str  # "clone" or the family of the stand-in model
+
+    def __len__(self) -> int:
+        return len(self.sample_logp)
+
+
+def log_proba(proba: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(proba, EPS, 1.0))
+
+
+def tempered_true_prob(logp: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The true class's softmax probability with the log-probabilities as logits divided by
+    ``temperature`` (1: the model's own probability, up to clipping); ``logp`` may have a
+    leading models axis."""
+    index = np.broadcast_to(y[:, None], (*logp.shape[:-1], 1))
+    gaps = (logp - np.take_along_axis(logp, index, axis=-1)) / temperature
+    return np.exp(-logsumexp(gaps, axis=-1))
+
+
+def reference_estimator(served, seed: int):
+    """What reference models are fitted from: a clone of the served estimator, or for a model
+    that cannot be re-fitted a fresh model of the nearest family (and that family's name)."""
+    if served.kind != "onnx" and hasattr(served.estimator, "get_params"):
+        return served.estimator, "clone"
+    from audits.ownership import architecture, make_model
+
+    family = architecture(served) or "random_forest"
+    return make_model(family, seed), family
+
+
+def fit_references(
+    served,
+    sample: MembershipSample,
+    X_holdout: np.ndarray,
+    y_holdout: np.ndarray,
+    *,
+    n_models: int,
+    seed: int,
+    progress: Progress = None,
+) -> References:
+    """``n_models`` reference models on disjoint splits of the holdout (one model: on half)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y_holdout))
+    parts = max(n_models, 2)  # one model trains on one half and is OUT for the other
+    splits = np.array_split(order, parts)
+    split_of = np.empty(len(y_holdout), dtype=np.int64)
+    for k, rows in enumerate(splits):
+        split_of[rows] = k
+    population = np.sort(rng.permutation(len(y_holdout))[:POPULATION_ROWS])
+    estimator, family = reference_estimator(served, seed)
+    n_classes = len(served.classes_)
+    sample_logp = np.empty((n_models, len(sample.y), n_classes))
+    population_logp = np.empty((n_models, len(population), n_classes))
+    for k in range(n_models):
+        rows = splits[k]
+        if progress:
+            progress(f"membership: fitting reference model {k + 1}/{n_models} on {len(rows)} rows")
+        model = clone(estimator).fit(X_holdout[rows], y_holdout[rows])
+        sample_logp[k] = log_proba(_full_proba(model, sample.X, n_classes))
+        population_logp[k] = log_proba(_full_proba(model, X_holdout[population], n_classes))
+    models = np.arange(n_models)[:, None]
+    sample_out = np.ones((n_models, len(sample.y)), dtype=bool)
+    nonmember = np.flatnonzero(~sample.is_member)
+    sample_out[:, nonmember] = split_of[sample.holdout_rows][None, :] != models
+    population_out = split_of[population][None, :] != models
+    return References(
+        sample_logp,
+        sample_out,
+        population_logp,
+        population_out,
+        population,
+        y_holdout[population],
+        split_of,
+        family,
+    )
+
+
+def _full_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities over all classes, even when a reference split lacked some of them."""
+    proba = np.zeros((len(X), n_classes))
+    proba[:, np.asarray(model.classes_, dtype=np.int64)] = model.predict_proba(X)
+    return proba
