@@ -177,8 +177,9 @@ def test_a_groups_headline_fidelity_is_its_damage(demo_audit: Path) -> None:
 
     con = duckdb.connect(str(demo_audit / "stealwatch.duckdb"), read_only=True)
     groups = con.sql(
-        "SELECT incident_id, est_fidelity FROM incidents WHERE kind = 'group' "
-        "AND est_fidelity IS NOT NULL"
+        "SELECT i.incident_id, d.est_fidelity FROM incidents i "
+        "JOIN incident_damage d USING (window_start, window_end, incident_id) "
+        "WHERE i.kind = 'group' AND d.est_fidelity IS NOT NULL"
     ).fetchall()
     con.close()
     assert groups
