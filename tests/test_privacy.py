@@ -326,14 +326,35 @@ def test_rmia_score_is_the_pairwise_share_of_dominated_population_rows():
     assert (np.argsort(scores) == np.argsort(ratio_x)).all()
 
 
-def test_rmia_runs_with_one_reference_model(digits):
+def test_one_reference_model_audits_only_non_members_it_left_out(digits):
+    """With one reference model (trained on half the holdout) the non-members it trained on
+    have no OUT model; they are not audited, so LiRA and RMIA score members and non-members by
+    one formula, and RMIA's settings come from attacking the reference with the target."""
     train, holdout = digits
     model = served(leaky_forest(train))
     metrics, info = membership.membership_audit(model, train, holdout, reference_models=1)
-    assert info["reference_models"] == 1 and info["rmia_a"] == membership.RMIA_DEFAULT_A
-    assert info["rmia_temperature"] == 1.0  # nothing to tune with one reference model
-    # rows the only reference trained on take P(x) from their IN probability: still informative
-    assert metrics["rmia"]["auc"] > 0.6 and metrics["lira_offline"]["auc"] > 0.6
+    split_of = membership.split_index(
+        membership.plan_references(len(holdout), 1, 0)[0], len(holdout)
+    )
+    left_out = membership.auditable_holdout(split_of, 1)
+    assert set(left_out) == set(np.flatnonzero(split_of == 1))
+    assert info["non_members"] == info["members"] == len(left_out)
+    sample = membership.balanced_sample(train.X, train.y, holdout.X, holdout.y, 0, left_out)
+    refs = membership.fit_references(model, sample, holdout.X, holdout.y, n_models=1, seed=0)
+    assert refs.sample_out.all()  # every audited row, member or not, has its OUT model
+    assert info["rmia_a"] in membership.RMIA_A_GRID
+    assert info["rmia_temperature"] in membership.RMIA_TEMPERATURES
+    assert metrics["rmia"]["auc"] > 0.9 and metrics["lira_offline"]["auc"] > 0.9
+
+
+def test_four_reference_models_audit_every_holdout_row(digits):
+    train, holdout = digits
+    split_of = membership.split_index(
+        membership.plan_references(len(holdout), 4, 0)[0], len(holdout)
+    )
+    assert len(membership.auditable_holdout(split_of, 4)) == len(holdout)
+    quarters = [len(rows) for rows in np.array_split(np.arange(len(holdout)), 4)]
+    assert np.bincount(split_of).tolist() == quarters  # disjoint quarters of the holdout
 
 
 def test_rmia_beats_max_confidence_on_leaky_model(digits_forest_audit):

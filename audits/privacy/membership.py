@@ -48,8 +48,11 @@ from audits.privacy.references import (  # noqa: F401 (re-exported)
     POPULATION_ROWS,
     Progress,
     References,
+    auditable_holdout,
     fit_references,
     log_proba,
+    plan_references,
+    split_index,
     tempered_true_prob,
 )
 from audits.privacy.rmia import (  # noqa: F401 (re-exported)
@@ -84,12 +87,16 @@ def balanced_sample(
     X_holdout: np.ndarray,
     y_holdout: np.ndarray,
     seed: int,
+    candidates: np.ndarray | None = None,
 ) -> MembershipSample:
-    """Subsample the larger side to the size of the smaller one with a fixed seed."""
+    """Subsample the larger side to the size of the smaller one with a fixed seed; non-members
+    come from the holdout rows ``candidates`` (default: all)."""
     rng = np.random.default_rng(seed)
-    n = min(len(y_train), len(y_holdout))
+    if candidates is None:
+        candidates = np.arange(len(y_holdout))
+    n = min(len(y_train), len(candidates))
     members = np.sort(rng.choice(len(y_train), n, replace=False))
-    others = np.sort(rng.choice(len(y_holdout), n, replace=False))
+    others = np.sort(candidates[rng.choice(len(candidates), n, replace=False)])
     return MembershipSample(
         X=np.vstack([X_train[members], X_holdout[others]]),
         y=np.concatenate([y_train[members], y_holdout[others]]),
@@ -138,12 +145,10 @@ def score_lira_offline(target_logp: np.ndarray, y: np.ndarray, refs: References)
 
 
 def _gaussian_z(phi: np.ndarray, phis: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """z of ``phi`` under per-row Gaussians, the variance shrunk towards the pooled one; a row
-    without an OUT model takes the mean over all OUT values and the pooled variance."""
+    """z of ``phi`` under per-row Gaussians, the variance shrunk towards the pooled one; every
+    audited row has at least one OUT model (:func:`auditable_holdout`)."""
     count = used.sum(axis=0)
     mean = np.where(used, phis, 0).sum(axis=0) / np.maximum(count, 1)
-    if (count == 0).any():  # no OUT model (one reference, which trained on the row)
-        mean = np.where(count > 0, mean, phis[used].mean() if used.any() else 0.0)
     sq = np.where(used, (phis - mean) ** 2, 0).sum(axis=0)
     pooled = sq.sum() / max(1, np.maximum(count - 1, 0).sum())
     if not pooled > 0:
@@ -193,7 +198,7 @@ def attack_scores(
         target_logp = log_proba(proba)
         population = refs.population_rows
         target_pop = log_proba(served.predict_proba(X_holdout[population]))
-        a, temperature = tune_rmia(refs)
+        a, temperature = tune_rmia(refs, target_pop)
         scores["lira_offline"] = score_lira_offline(target_logp, sample.y, refs)
         scores["rmia"] = score_rmia(target_logp, sample.y, target_pop, refs, a, temperature)
         info = {
@@ -229,7 +234,11 @@ def membership_audit(
     """Run every applicable attack on a balanced sample; returns (per-attack metrics, info)."""
     if reference_models < 1:
         raise ValueError(f"reference_models must be >= 1, got {reference_models}")
-    sample = balanced_sample(train.X, train.y, holdout.X, holdout.y, seed)
+    candidates = None
+    if not _references_unavailable(len(holdout.y), reference_models):
+        splits, _ = plan_references(len(holdout.y), reference_models, seed)
+        candidates = auditable_holdout(split_index(splits, len(holdout.y)), reference_models)
+    sample = balanced_sample(train.X, train.y, holdout.X, holdout.y, seed, candidates)
     if progress:
         progress(f"membership: {int(sample.is_member.sum())} members vs as many non-members")
     scores, skipped, ref_info = attack_scores(

@@ -1,5 +1,6 @@
 """Reference models shared by LiRA and RMIA: fitted on disjoint splits of the holdout, each used
-as an OUT model only for rows it did not train on."""
+as an OUT model only for rows it did not train on; non-members no reference model left out
+(one reference model: the half it trained on) are not audited by either attack."""
 
 from __future__ import annotations
 
@@ -63,6 +64,35 @@ def reference_estimator(served, seed: int):
     return make_model(family, seed), family
 
 
+def plan_references(n_holdout: int, n_models: int, seed: int) -> tuple[list, np.ndarray]:
+    """The holdout rows each reference model trains on (disjoint, in a seeded random order;
+    with one model, the second half is never trained on) and the rows used as population z."""
+    rng = np.random.default_rng(seed)
+    parts = max(n_models, 2)  # one model trains on one half and is OUT for the other
+    splits = np.array_split(rng.permutation(n_holdout), parts)
+    population = np.sort(rng.permutation(n_holdout)[:POPULATION_ROWS])
+    return splits, population
+
+
+def split_index(splits: list, n_holdout: int) -> np.ndarray:
+    """For each holdout row, the index of the split it belongs to."""
+    split_of = np.empty(n_holdout, dtype=np.int64)
+    for k, rows in enumerate(splits):
+        split_of[rows] = k
+    return split_of
+
+
+def out_models(split_of: np.ndarray, n_models: int) -> np.ndarray:
+    """bool (models, rows): the reference models that did not train on each holdout row."""
+    return split_of[None, :] != np.arange(n_models)[:, None]
+
+
+def auditable_holdout(split_of: np.ndarray, n_models: int) -> np.ndarray:
+    """Holdout rows at least one reference model did not train on: the only non-members the
+    reference attacks are scored on, so members and non-members meet the same formula."""
+    return np.flatnonzero(out_models(split_of, n_models).any(axis=0))
+
+
 def fit_references(
     served,
     sample: MembershipSample,
@@ -73,15 +103,10 @@ def fit_references(
     seed: int,
     progress: Progress = None,
 ) -> References:
-    """``n_models`` reference models on disjoint splits of the holdout (one model: on half)."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y_holdout))
-    parts = max(n_models, 2)  # one model trains on one half and is OUT for the other
-    splits = np.array_split(order, parts)
-    split_of = np.empty(len(y_holdout), dtype=np.int64)
-    for k, rows in enumerate(splits):
-        split_of[rows] = k
-    population = np.sort(rng.permutation(len(y_holdout))[:POPULATION_ROWS])
+    """``n_models`` reference models on disjoint splits of the holdout (one model: on half),
+    laid out by :func:`plan_references` with the same seed."""
+    splits, population = plan_references(len(y_holdout), n_models, seed)
+    split_of = split_index(splits, len(y_holdout))
     estimator, family = reference_estimator(served, seed)
     n_classes = len(served.classes_)
     sample_logp = np.empty((n_models, len(sample.y), n_classes))
@@ -93,16 +118,14 @@ def fit_references(
         model = clone(estimator).fit(X_holdout[rows], y_holdout[rows])
         sample_logp[k] = log_proba(_full_proba(model, sample.X, n_classes))
         population_logp[k] = log_proba(_full_proba(model, X_holdout[population], n_classes))
-    models = np.arange(n_models)[:, None]
     sample_out = np.ones((n_models, len(sample.y)), dtype=bool)
     nonmember = np.flatnonzero(~sample.is_member)
-    sample_out[:, nonmember] = split_of[sample.holdout_rows][None, :] != models
-    population_out = split_of[population][None, :] != models
+    sample_out[:, nonmember] = out_models(split_of[sample.holdout_rows], n_models)
     return References(
         sample_logp,
         sample_out,
         population_logp,
-        population_out,
+        out_models(split_of[population], n_models),
         population,
         y_holdout[population],
         split_of,

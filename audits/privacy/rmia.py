@@ -17,18 +17,10 @@ RMIA_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def rmia_marginal(p_ref: np.ndarray, out: np.ndarray, a: float) -> np.ndarray:
-    """P(x) per row from reference models: ((1 + a) mean P_out + (1 - a)) / 2.
-
-    A row with no OUT model (one reference model, which trained on it) takes P_out from its
-    IN probability by inverting that relation (as the reference implementation does), clipped
-    to [0, 1]: a tempered P_in below ``1 - a`` would otherwise give a negative P(x)."""
-    count = out.sum(axis=0)
-    mean_out = np.where(out, p_ref, 0).sum(axis=0) / np.maximum(count, 1)
-    if (count == 0).any():
-        mean_in = np.where(~out, p_ref, 0).sum(axis=0) / np.maximum((~out).sum(axis=0), 1)
-        from_in = (mean_in + a - 1) / a if a > 0 else (mean_in - 0.7) / 0.3
-        from_in = np.clip(from_in, 0.0, 1.0)  # a probability, also when P_in < 1 - a
-        mean_out = np.where(count > 0, mean_out, from_in)
+    """P(x) per row from reference models: ((1 + a) mean P_out + (1 - a)) / 2. Every scored row
+    has at least one OUT model: rows without one are not audited (``auditable_holdout``), so
+    the reference implementation's inversion of this relation from P_in is never needed."""
+    mean_out = np.where(out, p_ref, 0).sum(axis=0) / np.maximum(out.sum(axis=0), 1)
     return (1 + a) / 2 * mean_out + (1 - a) / 2
 
 
@@ -61,20 +53,26 @@ def low_fpr_key(members: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return low, float(roc_auc_score(members, scores))
 
 
-def tune_rmia(refs: References) -> tuple[float, float]:
-    """``(a, temperature)`` that best attack reference model 0 with the others (its split are
-    its members, the other population rows its non-members) by :func:`low_fpr_key`; the
-    defaults (0.3, 1) with one reference model. The target's members are never used."""
-    defaults = (RMIA_DEFAULT_A, 1.0)
+def tune_rmia(refs: References, target_pop_logp: np.ndarray) -> tuple[float, float]:
+    """``(a, temperature)`` that best attack reference model 0 by :func:`low_fpr_key`; its
+    split are its members, the other population rows its non-members. With three or more
+    reference models the others are its OUT models (as the reference implementation tunes
+    ``a``); with one or two, the target is: it trained on none of the holdout. The target's
+    members are never used."""
     members = ~refs.population_out[0]
-    if len(refs) < 2 or members.all() or not members.any():
-        return defaults
-    y, out = refs.population_y, refs.population_out[1:]
-    best, best_key = defaults, (-1.0, -1.0)
+    if members.all() or not members.any():
+        return RMIA_DEFAULT_A, 1.0
+    y = refs.population_y
+    if len(refs) >= 3:
+        candidates, out = refs.population_logp[1:], refs.population_out[1:]
+    else:
+        candidates, out = target_pop_logp[None], np.ones((1, len(y)), dtype=bool)
+    best, best_key = (RMIA_DEFAULT_A, 1.0), (-1.0, -1.0)
     for temperature in RMIA_TEMPERATURES:
-        p = tempered_true_prob(refs.population_logp, y, temperature)
+        attacked = tempered_true_prob(refs.population_logp[0], y, temperature)
+        p_out = tempered_true_prob(candidates, y, temperature)
         for a in RMIA_A_GRID:
-            scores = rmia_scores(p[0], p[1:], out, p[0], p[1:], out, a)
+            scores = rmia_scores(attacked, p_out, out, attacked, p_out, out, a)
             key = low_fpr_key(members, scores)
             if key > best_key:
                 best, best_key = (float(a), float(temperature)), key
@@ -89,14 +87,15 @@ def score_rmia(
     a: float,
     temperature: float,
 ) -> np.ndarray:
-    """RMIA scores of the sample rows against the population rows."""
-    pop_y = refs.population_y
+    """RMIA scores of the sample rows against the population rows some reference left out."""
+    z = refs.population_out.any(axis=0)
+    pop_y = refs.population_y[z]
     return rmia_scores(
         tempered_true_prob(target_logp, y, temperature),
         tempered_true_prob(refs.sample_logp, y, temperature),
         refs.sample_out,
-        tempered_true_prob(target_pop_logp, pop_y, temperature),
-        tempered_true_prob(refs.population_logp, pop_y, temperature),
-        refs.population_out,
+        tempered_true_prob(target_pop_logp[z], pop_y, temperature),
+        tempered_true_prob(refs.population_logp[:, z], pop_y, temperature),
+        refs.population_out[:, z],
         a,
     )
