@@ -151,6 +151,7 @@ def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
         "| model | file | attack | refs | AUC (95% CI) | TPR@10% FPR | TPR@1% FPR | TPR@0.1% FPR |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    at_tail = {}  # (model, refs) -> (members found by RMIA, by LiRA, members) at 0.1% FPR
     with tempfile.TemporaryDirectory() as tmp:
         for name, (make, fmt) in low_fpr_models().items():
             model = save_served(Path(tmp) / "m", make().fit(train.X, train.y), fmt, X.shape[1])
@@ -158,6 +159,10 @@ def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
                 metrics, info = membership.membership_audit(
                     model, train, holdout, seed=seed, reference_models=k
                 )
+                at_tail[name, k] = tuple(
+                    round(metrics[a]["tpr_at_0_1pct_fpr"] * info["members"])
+                    for a in ("rmia", "lira_offline")
+                ) + (info["members"],)
                 shown = (
                     metrics
                     if k == max(references)
@@ -165,10 +170,28 @@ def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
                 )
                 for attack, m in shown.items():
                     refs = k if attack in membership.REFERENCE_ATTACKS else "-"
+                    if attack == "rmia":
+                        attack = f"rmia (a {info['rmia_a']:.1f}, T {info['rmia_temperature']:g})"
                     cells = " | ".join(_with_ci(m[key], m[f"{key}_ci"]) for key in FPR_KEYS)
                     auc = f"{m['auc']:.3f} ({m['auc_ci'][0]:.3f}-{m['auc_ci'][1]:.3f})"
                     print(f"| {name} | {fmt} | {attack} | {refs} | {auc} | {cells} |")
                 sys.stdout.flush()
+    criterion_table(at_tail)
+
+
+def criterion_table(at_tail: dict) -> None:
+    """The issue's bar per leaky model and reference count: RMIA's TPR at 0.1% FPR at least
+    LiRA's, as counts of members found (a tie is a tie of counts)."""
+    print("\n| leaky model | refs | RMIA TPR@0.1% | LiRA TPR@0.1% | RMIA >= LiRA |")
+    print("|---|---|---|---|---|")
+    for (name, k), (rmia, lira, n) in at_tail.items():
+        if "(leaky)" not in name:
+            continue
+        verdict = "tie" if rmia == lira else f"yes, +{rmia - lira}" if rmia > lira else "NO"
+        print(
+            f"| {name} | {k} | {rmia / n:.4f} ({rmia}/{n}) | {lira / n:.4f} ({lira}/{n}) "
+            f"| {verdict} |"
+        )
 
 
 FPR_KEYS = ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")

@@ -19,9 +19,12 @@ Each attack turns a row into a score where higher means "more likely a member":
 Reference models (LiRA and RMIA share them) are fitted on disjoint splits of the holdout:
 ``sklearn.clone`` of the served estimator, or, for a model that cannot be re-fitted (ONNX), a
 scikit-learn model of the nearest family (its graph's linear or dense layers, else a random
-forest). RMIA's ``a`` and temperature are chosen by attacking one reference model with the
-others by the mean TPR at 0.1, 0.2, 0.5 and 1% FPR, then AUC (defaults with one reference
-model); the target's members are never used.
+forest). Only non-members that some reference model did not train on are audited (with one
+reference model: the half of the holdout it left out), so every audited row, member or not,
+is scored against OUT models by the same formula. RMIA's ``a`` and temperature are chosen by
+attacking reference model 0 by the mean TPR at 0.1, 0.2, 0.5 and 1% FPR, then AUC, with the
+other references as its OUT models (three or more) or the target (one or two: it trained on
+no holdout row); the target's members are never used.
 
 Metrics come from scikit-learn and SciPy: ROC AUC with a stratified bootstrap CI, TPR at 10%,
 1% and 0.1% FPR with exact (Clopper-Pearson) 95% intervals, and the advantage max(TPR - FPR).
@@ -205,7 +208,7 @@ def attack_scores(
             "reference_family": refs.family,
             "rmia_a": a,
             "rmia_temperature": temperature,
-            "population_rows": len(population),
+            "population_rows": int(refs.population_out.any(axis=0).sum()),  # z scored against
         }
     return {name: scores[name] for name in ATTACKS if name in scores}, skipped, info
 
