@@ -345,6 +345,18 @@ def test_one_reference_model_audits_only_non_members_it_left_out(digits):
     assert info["rmia_a"] in membership.RMIA_A_GRID
     assert info["rmia_temperature"] in membership.RMIA_TEMPERATURES
     assert metrics["rmia"]["auc"] > 0.9 and metrics["lira_offline"]["auc"] > 0.9
+    assert metrics["rmia"]["auc"] > metrics["max_confidence"]["auc"]
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cancer"])
+def test_one_reference_rmia_is_near_chance_on_a_tight_model(request, dataset):
+    """A regularised model leaks little: RMIA with one reference model must not read as a
+    (below-chance) signal, as it did when the rows the reference trained on were audited."""
+    train, holdout = request.getfixturevalue(dataset)
+    model = served(regularised_logreg(train))
+    metrics, _ = membership.membership_audit(model, train, holdout, reference_models=1)
+    for attack in ("rmia", "lira_offline"):
+        assert 0.45 < metrics[attack]["auc"] < 0.6
 
 
 def test_four_reference_models_audit_every_holdout_row(digits):
