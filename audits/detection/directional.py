@@ -67,7 +67,10 @@ class DirectionalScorer:
     * Volume ``V``: a robust z of log(distinct queries) against the population: volume is
       evidence in itself.
 
-    The score is ``(max(E, R) + V) / sqrt(2)``; when positive, benign explanations discount it:
+    The score is Stouffer's sum of the three views, ``(E + R + V) / sqrt(3)`` (``(E + V) /
+    sqrt(2)`` without reference data): a heavy backend that is broad and busy but sits on the
+    owner's data no longer scores like a broad, busy key off it. When positive, benign
+    explanations discount it:
     queries re-sent from earlier days, canned requests repeated within a day, one-feature
     sweeps.
     """
@@ -126,7 +129,12 @@ class DirectionalScorer:
         if self.reference is None:
             return np.full(features.height, -np.inf)
         zs = [
-            self.reference.z(c, features[c].cast(pl.Float64).to_numpy(), effective_n(c, sizes))
+            self.reference.z(
+                c,
+                features[c].cast(pl.Float64).to_numpy(),
+                effective_n(c, sizes),
+                math.sqrt(self.nulls_[c].a),
+            )
             for c in ("ref_nn_dist", "manifold_residual")
         ]
         return np.max(zs, axis=0)
@@ -139,7 +147,10 @@ class DirectionalScorer:
 
     def decision_function(self, features: pl.DataFrame) -> np.ndarray:
         c = self.components(features)
-        s = (np.maximum(c["evidence"], c["reference"]) + c["volume"]) / math.sqrt(2.0)
+        if self.reference is None:
+            s = (c["evidence"] + c["volume"]) / math.sqrt(2.0)
+        else:
+            s = (c["evidence"] + c["reference"] + c["volume"]) / math.sqrt(3.0)
         discount = c["novelty"] * c["sweep_discount"]
         return np.where(s > 0, s * discount, s)
 
