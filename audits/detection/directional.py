@@ -70,9 +70,7 @@ class DirectionalScorer:
     The score is Stouffer's sum of the three views, ``(E + R + V) / sqrt(3)`` (``(E + V) /
     sqrt(2)`` without reference data): a heavy backend that is broad and busy but sits on the
     owner's data no longer scores like a broad, busy key off it. When positive, benign
-    explanations discount it:
-    queries re-sent from earlier days, canned requests repeated within a day, one-feature
-    sweeps.
+    explanations discount it: queries re-sent from earlier days, one-feature sweeps.
     """
 
     def __init__(self, reference: ReferenceNull | None = None) -> None:
@@ -114,14 +112,13 @@ class DirectionalScorer:
             self._reference(features, sizes), np.where(broad, np.inf, partner)
         )
         repeat = features["cross_day_repeat_share"].fill_null(0.0).to_numpy()
-        within = features["within_day_repeat_share"].fill_null(0.0).to_numpy()
         one_feature = features["one_feature_changed_rate"].fill_null(0.0).to_numpy()
-        # cross-day repeats are a benign habit (re-scoring); within-day repeats only count when
-        # they dominate (canned requests): an attack's few exact revisits are not excused
-        # (squared: a share r re-sent from earlier days means both fewer new queries and a key
-        # whose habit is re-sending)
-        fresh = np.clip(1.0 - repeat, 0.0, 1.0) ** 2
-        out["novelty"] = fresh * np.clip(2.0 * (1.0 - within), 0.0, 1.0)
+        # cross-day repeats are a benign habit (re-scoring), squared: a share r re-sent from
+        # earlier days means both fewer new queries and a key whose habit is re-sending.
+        # Repeats within a day are not discounted: the evidence and the volume rest on distinct
+        # queries already, and small-step chains on integer or count columns round onto the
+        # same query (JBDA, HopSkipJump on digits and text repeat over 80% of their queries)
+        out["novelty"] = np.clip(1.0 - repeat, 0.0, 1.0) ** 2
         out["sweep_discount"] = np.clip(1.0 - one_feature, 0.0, 1.0)
         return out
 
