@@ -109,3 +109,32 @@ def test_legitimate_users_own_spread_is_not_reference_evidence(seed):
     assert np.quantile(null.z("ref_nn_dist", benign, n, between=spread), 0.99) < 3.0
     shifted = 1.0 + 4 * spread + rng.normal(0.0, spread, len(n))
     assert np.median(null.z("ref_nn_dist", shifted, n, between=spread)) > 3.0
+
+
+def test_a_broad_busy_key_off_the_owners_data_outranks_one_on_it(window):
+    feats, reference = window
+    scorer = DirectionalScorer(reference_null(reference)).fit(feats)
+    typical = feats.sort("n_events").slice(feats.height // 2, 1)
+    on = float(np.median(reference.nn_loo))
+    broad = {"cell_entropy": 0.95, "coverage": 0.9, "q_std_ratio": 1.5, "class_entropy": 0.95}
+    rows = pl.concat(
+        [_as(typical, n, ref_nn_dist=on * k, **broad) for n in (2000, 6000) for k in (1.0, 1.6)]
+    )
+    s = scorer.score(rows)
+    assert s[1] > s[0] + 1.0 and s[3] > s[2] + 1.0, s  # a heavy backend vs a knockoff key
+
+
+def test_repeats_within_a_day_do_not_excuse_a_small_step_chain(window):
+    feats, reference = window
+    scorer = DirectionalScorer(reference_null(reference)).fit(feats)
+    typical = feats.sort("n_events").slice(feats.height // 2, 1)
+    chain = {"near_dup_rate": 0.7, "step_ratio": 0.02, "prada_w": 0.5, "unique_share": 0.15}
+    rows = pl.concat(
+        [
+            _as(typical, 1500, within_day_repeat_share=w, cross_day_repeat_share=c, **chain)
+            for w, c in ((0.0, 0.0), (0.85, 0.0), (0.0, 0.85))
+        ]
+    )
+    s = scorer.score(rows)
+    assert s[0] > 0 and s[1] == pytest.approx(s[0])  # rounding onto the same query
+    assert s[2] < 0.1 * s[0]  # re-sending earlier days' queries is still a benign habit
