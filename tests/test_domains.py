@@ -20,7 +20,15 @@ from audits.simulation.domains.tasks import TASKS
 from pipelines import cli
 
 SMALL = {"seed": 5, "days": 1, "users": 40, "fidelity": False}
-WIDTHS = {"wine": 13, "sensor": 8, "credit": 26, "cancer": 30, "digits": 64, "text": 200}
+WIDTHS = {
+    "wine": 13,
+    "sensor": 8,
+    "credit": 26,
+    "cancer": 30,
+    "digits": 64,
+    "text": 200,
+    "clinic": 10,
+}
 
 
 def _task(name: str, seed: int = 3):

@@ -67,9 +67,10 @@ class DirectionalScorer:
     * Volume ``V``: a robust z of log(distinct queries) against the population: volume is
       evidence in itself.
 
-    The score is ``(max(E, R) + V) / sqrt(2)``; when positive, benign explanations discount it:
-    queries re-sent from earlier days, canned requests repeated within a day, one-feature
-    sweeps.
+    The score is Stouffer's sum of the three views, ``(E + R + V) / sqrt(3)`` (``(E + V) /
+    sqrt(2)`` without reference data): a heavy backend that is broad and busy but sits on the
+    owner's data no longer scores like a broad, busy key off it. When positive, benign
+    explanations discount it: queries re-sent from earlier days, one-feature sweeps.
     """
 
     def __init__(self, reference: ReferenceNull | None = None) -> None:
@@ -111,14 +112,13 @@ class DirectionalScorer:
             self._reference(features, sizes), np.where(broad, np.inf, partner)
         )
         repeat = features["cross_day_repeat_share"].fill_null(0.0).to_numpy()
-        within = features["within_day_repeat_share"].fill_null(0.0).to_numpy()
         one_feature = features["one_feature_changed_rate"].fill_null(0.0).to_numpy()
-        # cross-day repeats are a benign habit (re-scoring); within-day repeats only count when
-        # they dominate (canned requests): an attack's few exact revisits are not excused
-        # (squared: a share r re-sent from earlier days means both fewer new queries and a key
-        # whose habit is re-sending)
-        fresh = np.clip(1.0 - repeat, 0.0, 1.0) ** 2
-        out["novelty"] = fresh * np.clip(2.0 * (1.0 - within), 0.0, 1.0)
+        # cross-day repeats are a benign habit (re-scoring), squared: a share r re-sent from
+        # earlier days means both fewer new queries and a key whose habit is re-sending.
+        # Repeats within a day are not discounted: the evidence and the volume rest on distinct
+        # queries already, and small-step chains on integer or count columns round onto the
+        # same query (JBDA, HopSkipJump on digits and text repeat over 80% of their queries)
+        out["novelty"] = np.clip(1.0 - repeat, 0.0, 1.0) ** 2
         out["sweep_discount"] = np.clip(1.0 - one_feature, 0.0, 1.0)
         return out
 
@@ -126,7 +126,12 @@ class DirectionalScorer:
         if self.reference is None:
             return np.full(features.height, -np.inf)
         zs = [
-            self.reference.z(c, features[c].cast(pl.Float64).to_numpy(), effective_n(c, sizes))
+            self.reference.z(
+                c,
+                features[c].cast(pl.Float64).to_numpy(),
+                effective_n(c, sizes),
+                math.sqrt(self.nulls_[c].a),
+            )
             for c in ("ref_nn_dist", "manifold_residual")
         ]
         return np.max(zs, axis=0)
@@ -139,7 +144,10 @@ class DirectionalScorer:
 
     def decision_function(self, features: pl.DataFrame) -> np.ndarray:
         c = self.components(features)
-        s = (np.maximum(c["evidence"], c["reference"]) + c["volume"]) / math.sqrt(2.0)
+        if self.reference is None:
+            s = (c["evidence"] + c["volume"]) / math.sqrt(2.0)
+        else:
+            s = (c["evidence"] + c["reference"] + c["volume"]) / math.sqrt(3.0)
         discount = c["novelty"] * c["sweep_discount"]
         return np.where(s > 0, s * discount, s)
 

@@ -67,9 +67,11 @@ def effective_n(feature: str, sizes: dict[str, np.ndarray]) -> np.ndarray:
 class SampleSizeNull:
     """What one feature looks like for legitimate users whose statistic rests on n queries.
 
-    Location: the median over the users. Spread: ``sqrt(a + b / n)``, the between-user spread
-    ``a`` plus sampling noise ``b / n``, fitted (non-negative least squares) on the robust
-    spread (1.4826 MAD) of volume bins of the bulk (users up to the 80th volume percentile, so
+    Location: the median of each volume bin of the bulk, interpolated in log n (a share or an
+    entropy over 30 queries is biased unlike one over 3,000; flat beyond the bulk's range).
+    Spread: ``sqrt(a + b / n)``, the between-user spread ``a`` plus sampling noise ``b / n``,
+    fitted (non-negative least squares) on the robust spread (1.4826 MAD about each bin's
+    location) of volume bins of the bulk (users up to the 80th volume percentile, so
     the largest users, where attackers concentrate, do not set their own yardstick). A share
     is never given less than its binomial spread. A small user's noisy statistic is then
     weighed against the noise its size allows, and a steady deviation sustained over many
@@ -82,21 +84,27 @@ class SampleSizeNull:
         base, nb = x[ok], n[ok]
         self.share = share
         self.loc = float(np.median(base)) if len(base) else 0.0
-        self.a, self.b = _spread_model(base, nb, self.loc)
+        self.loc_n, self.loc_x = _location_curve(base, nb, self.loc)
+        self.a, self.b = _spread_model(base, nb, self.location(nb))
         spread = float(np.std(base)) if len(base) else 0.0
         self.floor = max(1e-3 * spread, 1e-9)
         return self
 
+    def location(self, n: np.ndarray) -> np.ndarray:
+        """The median legitimate value at sample size n (flat beyond the bulk's range)."""
+        at = np.log(np.maximum(np.asarray(n, dtype=np.float64), 1.0))
+        return np.interp(at, self.loc_n, self.loc_x)
+
     def scale(self, n: np.ndarray) -> np.ndarray:
         s = np.sqrt(self.a + self.b / np.maximum(n, 1.0))
         if self.share:
-            p = min(max(self.loc, 0.01), 0.99)
+            p = np.clip(self.location(n), 0.01, 0.99)
             s = np.maximum(s, np.sqrt(p * (1.0 - p) / np.maximum(n, 1.0)))
         return np.maximum(s, self.floor)
 
     def z(self, x: np.ndarray, n: np.ndarray, direction: int) -> np.ndarray:
         """Signed z in the extraction direction (NaN -> 0), clipped to ``Z_CLIP``."""
-        z = direction * (x - self.loc) / self.scale(n)
+        z = direction * (x - self.location(n)) / self.scale(n)
         return np.clip(np.nan_to_num(z, nan=0.0), *Z_CLIP)
 
 
@@ -104,27 +112,51 @@ def _mad(x: np.ndarray, center: float) -> float:
     return 1.4826 * float(np.median(np.abs(x - center))) if len(x) else 0.0
 
 
-def _spread_model(x: np.ndarray, n: np.ndarray, loc: float) -> tuple[float, float]:
-    """``(a, b)`` of spread^2 = a + b / n from volume bins of the bulk (see SampleSizeNull)."""
+def _volume_bins(n: np.ndarray) -> tuple[np.ndarray, int]:
+    """The bulk's users (up to ``BULK_VOLUME_QUANTILE`` by volume) and their volume bin (-1:
+    outside the bulk), with the number of bins (0 when too few users or one volume)."""
+    which = np.full(len(n), -1)
+    bulk = np.argsort(n, kind="stable")[: max(int(BULK_VOLUME_QUANTILE * len(n)), 1)]
+    k = min(VOLUME_BINS, len(bulk) // BIN_MIN_USERS)
+    if k < 2 or np.ptp(np.log(n[bulk])) == 0:
+        return which, 0
+    edges = np.quantile(np.log(n[bulk]), np.linspace(0, 1, k + 1))
+    which[bulk] = np.clip(np.searchsorted(edges, np.log(n[bulk]), side="right") - 1, 0, k - 1)
+    return which, k
+
+
+def _location_curve(x: np.ndarray, n: np.ndarray, loc: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log n, median) of each volume bin of the bulk: where a legitimate user's statistic sits
+    at each sample size (a share over 30 queries is biased unlike one over 3,000)."""
+    which, k = _volume_bins(n) if len(x) else (np.zeros(0, int), 0)
+    at, med = [], []
+    for j in range(k):
+        member = which == j
+        if member.sum() >= BIN_MIN_USERS // 2:
+            at.append(float(np.log(np.median(n[member]))))
+            med.append(float(np.median(x[member])))
+    if not at:
+        return np.zeros(1), np.asarray([loc])
+    return np.asarray(at), np.asarray(med)
+
+
+def _spread_model(x: np.ndarray, n: np.ndarray, loc: np.ndarray) -> tuple[float, float]:
+    """``(a, b)`` of spread^2 = a + b / n from volume bins of the bulk (see SampleSizeNull),
+    each user's deviation taken from the location at its own sample size."""
     from scipy.optimize import nnls
 
     if len(x) == 0:
         return 1.0, 0.0
-    bulk = np.argsort(n, kind="stable")[: max(int(BULK_VOLUME_QUANTILE * len(n)), 1)]
-    xb, nb = x[bulk], n[bulk]
-    k = min(VOLUME_BINS, len(xb) // BIN_MIN_USERS)
-    overall = _mad(x, loc) ** 2
-    if k < 2 or np.ptp(np.log(nb)) == 0:
-        return overall, 0.0
-    edges = np.quantile(np.log(nb), np.linspace(0, 1, k + 1))
-    which = np.clip(np.searchsorted(edges, np.log(nb), side="right") - 1, 0, k - 1)
+    dev = np.abs(x - loc)
+    overall = (1.4826 * float(np.median(dev))) ** 2
+    which, k = _volume_bins(n)
     rows, target = [], []
     for j in range(k):
         member = which == j
         if member.sum() < BIN_MIN_USERS // 2:
             continue
-        rows.append([1.0, 1.0 / float(np.median(nb[member]))])
-        target.append(_mad(xb[member], loc) ** 2)
+        rows.append([1.0, 1.0 / float(np.median(n[member]))])
+        target.append((1.4826 * float(np.median(dev[member]))) ** 2)
     if len(rows) < 2:
         return overall, 0.0
     (a, b), _ = nnls(np.asarray(rows), np.asarray(target))
@@ -158,15 +190,19 @@ class ReferenceNull:
                 sds.append(medians.std())
             self.table[feature] = (np.asarray(means), np.asarray(sds))
 
-    def z(self, feature: str, x: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """How far above the reference's own value at the same n (0 when not tabulated)."""
+    def z(self, feature: str, x: np.ndarray, n: np.ndarray, between: float = 0.0) -> np.ndarray:
+        """How far above the reference's own value at the same n (0 when not tabulated).
+        ``between``: the legitimate users' own between-user spread of the feature (they are
+        not i.i.d. draws from the reference: each has its own segment), used as the tolerance
+        when it is wider than ``REFERENCE_TOLERANCE`` of the reference's value."""
         if feature not in self.table:
             return np.zeros(len(x))
         means, sds = self.table[feature]
         at = np.log(np.maximum(n, 1.0))
         grid = np.log(np.asarray(self.GRID, dtype=np.float64))
         mu, sd = np.interp(at, grid, means), np.interp(at, grid, sds)
-        z = (x - mu) / np.sqrt(sd**2 + (REFERENCE_TOLERANCE * max(means[-1], 1e-9)) ** 2)
+        tolerance = max(REFERENCE_TOLERANCE * max(means[-1], 1e-9), between)
+        z = (x - mu) / np.sqrt(sd**2 + tolerance**2)
         return np.clip(np.nan_to_num(z, nan=0.0), *Z_CLIP)
 
     def breadth(self, x: np.ndarray, n: np.ndarray) -> np.ndarray:
