@@ -2,7 +2,6 @@
 with forensics' fidelity and linked group joined), the window overview and one page per
 incident."""
 
-import duckdb as duckdb_module
 import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
@@ -12,7 +11,7 @@ from assets.progress import progress_for
 from assets.resources import AuditConfig, audit_window
 from audits import tables
 from audits.forensics.records import with_forensics
-from reports import data, pages
+from reports import data, incident_pages, pages
 
 SCORES_FILE = "user_scores.parquet"
 
@@ -64,7 +63,7 @@ def report(
         if window is None:
             return MaterializeResult(metadata={"skipped": "no events in the store"})
         path = pages.write_overview(con, window, out)
-        written = _incident_pages(con, window, out, say)
+        written = incident_pages.write_incident_pages(con, window, out, say)
         privacy = data.privacy_summary(con)
     _link_privacy_report(privacy, out)
     say(f"report: {path}")
@@ -75,29 +74,6 @@ def report(
             "window": MetadataValue.text(f"{window[0]}..{window[1]}"),
         }
     )
-
-
-def _incident_pages(con: duckdb_module.DuckDBPyConnection, window, out, say) -> int:
-    """A page per listed incident and per canary incident merged into one."""
-    scores = data.load_scores(out, con, window)
-    listed = pages.triaged_incidents(con, window, scores)
-    every = [*listed, *(c for i in listed for c in i["canaries"])]
-    population = data.population_sample(con, window) if every else None
-    for number, incident in enumerate(every, 1):
-        say(f"incident page {number}/{len(every)}: {incident['incident_id']}")
-        pages.write_subject_page(
-            con,
-            window,
-            out / incident["page"],
-            users=[str(member) for member in incident["members"]],
-            title="Incident",
-            incident=incident,
-            scores=scores,
-            population=population,
-            audit_dir=out,
-            incidents=listed,
-        )
-    return len(every)
 
 
 def _link_privacy_report(result: dict | None, out) -> None:

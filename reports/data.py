@@ -142,9 +142,10 @@ def hourly_activity(
 ) -> tuple[list[dt.datetime], list[int], list[int]]:
     """Queries per hour for everyone and for the given users (zero-filled)."""
     rows = con.sql(
-        "SELECT date_trunc('hour', ts) AS hour, count(*) AS everyone, "
-        "count(*) FILTER (WHERE list_contains(?, user_id)) AS suspects "
-        "FROM events WHERE day BETWEEN ? AND ? GROUP BY 1 ORDER BY 1",
+        "WITH chosen AS (SELECT DISTINCT unnest(?::VARCHAR[]) AS user_id) "
+        "SELECT date_trunc('hour', e.ts) AS hour, count(*) AS everyone, "
+        "count(chosen.user_id) AS suspects FROM events AS e LEFT JOIN chosen USING (user_id) "
+        "WHERE e.day BETWEEN ? AND ? GROUP BY 1 ORDER BY 1",
         params=[suspects, *window],
     ).fetchall()
     if not rows:
@@ -212,8 +213,14 @@ def canary_overview(con: duckdb.DuckDBPyConnection, window: Window) -> dict | No
     return {"canaries": canaries, "senders": senders, "events": sum(r["events"] for r in canaries)}
 
 
-def canary_hits(con: duckdb.DuckDBPyConnection, users: list[str], window: Window) -> list[dict]:
-    """The subject's events that matched a canary, with the features they sent."""
+def canary_hits(
+    con: duckdb.DuckDBPyConnection,
+    users: list[str],
+    window: Window,
+    limit: int | None = CANARY_EVENTS,
+) -> list[dict]:
+    """The subject's events that matched a canary, with the features they sent, in time order
+    (the first ``limit``; ``None``: all, for :func:`hits_of` to pick from)."""
     if not has_table(con, "canary_hits"):
         return []
     scored = scored_window(con, "canary_hits", window)
@@ -221,15 +228,24 @@ def canary_hits(con: duckdb.DuckDBPyConnection, users: list[str], window: Window
         return []
     rows = _rows(
         con,
+        "WITH chosen AS (SELECT DISTINCT unnest(?::VARCHAR[]) AS user_id), "
+        "hits AS (SELECT h.* FROM canary_hits AS h SEMI JOIN chosen USING (user_id) "
+        "WHERE h.window_start = ? AND h.window_end = ?) "
         "SELECT h.canary, h.canary_kind, h.ts, h.event_id, h.user_id, h.source_ip, h.distance, "
-        "e.features FROM canary_hits AS h LEFT JOIN events AS e ON e.event_id = h.event_id "
-        "AND e.day = h.day WHERE h.window_start = ? AND h.window_end = ? "
-        "AND list_contains(?, h.user_id) ORDER BY h.ts, h.event_id, h.canary LIMIT ?",
-        [*scored, users, CANARY_EVENTS],
+        "e.features FROM hits AS h LEFT JOIN events AS e ON e.event_id = h.event_id "
+        "AND e.day = h.day ORDER BY h.ts, h.event_id, h.canary LIMIT ?",
+        [users, *scored, limit],
     )
     for row in rows:
         row["features"] = ", ".join(f"{v:.6g}" for v in row["features"] or [])
     return rows
+
+
+def hits_of(rows: list[dict], users: list[str], limit: int = CANARY_EVENTS) -> list[dict]:
+    """The first ``limit`` of the :func:`canary_hits` rows (of several subjects) that one of
+    ``users`` sent: what :func:`canary_hits` gives for ``users`` alone."""
+    mine = set(users)
+    return [row for row in rows if row["user_id"] in mine][:limit]
 
 
 def risk_tables(con: duckdb.DuckDBPyConnection, window: Window) -> dict | None:
@@ -283,12 +299,20 @@ def confidence_daily(con: duckdb.DuckDBPyConnection, window: Window) -> list[dic
 def subject_events(
     con: duckdb.DuckDBPyConnection, users: list[str], window: Window
 ) -> pl.DataFrame:
+    """The events of ``users`` in the window, in time order (one scan for any number of
+    users: split them with :func:`events_of`)."""
     return con.sql(
         "SELECT event_id, ts, day, user_id, session_id, source_ip, features, prediction, "
-        "probabilities FROM events WHERE list_contains(?, user_id) AND day BETWEEN ? AND ? "
-        "ORDER BY ts, event_id",
+        "probabilities FROM events WHERE user_id IN (SELECT unnest(?::VARCHAR[])) "
+        "AND day BETWEEN ? AND ? ORDER BY ts, event_id",
         params=[users, *window],
     ).pl()
+
+
+def events_of(events: pl.DataFrame, users: list[str]) -> pl.DataFrame:
+    """The rows of :func:`subject_events` (of several subjects) that ``users`` sent, in the
+    same order: what :func:`subject_events` gives for ``users`` alone."""
+    return events.filter(pl.col("user_id").is_in(users))
 
 
 def population_sample(con: duckdb.DuckDBPyConnection, window: Window) -> pl.DataFrame:
@@ -325,13 +349,22 @@ def feature_percentiles(
     con: duckdb.DuckDBPyConnection, users: list[str], window: Window, limit: int = 10
 ) -> list[dict]:
     """The subject's behaviour features that stand out most, as population percentiles."""
+    return percentiles_of(feature_frame(con, window), users, limit)
+
+
+def feature_frame(con: duckdb.DuckDBPyConnection, window: Window) -> pl.DataFrame | None:
+    """The per-user features of the scored window covering ``window`` (``None``: none)."""
     if not has_table(con, "user_features"):
-        return []
+        return None
     scored = scored_window(con, "user_features", window)
     if scored is None:
-        return []
-    frame = read_window(con, tables.USER_FEATURES, scored)
-    if "user_id" not in frame.columns:
+        return None
+    return read_window(con, tables.USER_FEATURES, scored)
+
+
+def percentiles_of(frame: pl.DataFrame | None, users: list[str], limit: int = 10) -> list[dict]:
+    """:func:`feature_percentiles` from the window's :func:`feature_frame`."""
+    if frame is None or "user_id" not in frame.columns:
         return []
     numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c != "user_id"]
     mine = frame.filter(pl.col("user_id").is_in(users))

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -146,6 +147,57 @@ def has_events(con: duckdb.DuckDBPyConnection, users: list[str], window: d.Windo
     return rows[0][0] > 0
 
 
+@dataclass
+class Population:
+    """A window's :func:`reports.data.population_sample` with what every subject page draws
+    from it, computed once: its principal components (``None``: too few rows or features to
+    project) and its answers' margins."""
+
+    frame: pl.DataFrame
+    pca: object | None
+    projected: np.ndarray | None
+    margins: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> Population:
+        from sklearn.decomposition import PCA
+
+        pop = np.array(frame["features"].to_list(), dtype=float)
+        pca = projected = None
+        if pop.ndim == 2 and len(pop) >= 3 and pop.shape[1] >= 2:
+            pca = PCA(n_components=2, random_state=0).fit(pop)
+            projected = pca.transform(pop)
+        return cls(frame, pca, projected, d.margins(frame["probabilities"]))
+
+
+@dataclass
+class SubjectData:
+    """What a subject page reads from the store: its events (time order), its features'
+    population percentiles (read only when the incident brings no evidence) and its canary
+    hits."""
+
+    events: pl.DataFrame
+    evidence: list[dict]
+    canary_hits: list[dict]
+
+
+def read_subject(
+    con: duckdb.DuckDBPyConnection, window: d.Window, users: list[str], incident: dict | None
+) -> SubjectData:
+    """One subject's :class:`SubjectData`, read from the store."""
+    evidence = [] if own_evidence(incident) else d.feature_percentiles(con, users, window)
+    return SubjectData(
+        d.subject_events(con, users, window), evidence, d.canary_hits(con, users, window)
+    )
+
+
+def own_evidence(incident: dict | None) -> list | None:
+    """The incident's own evidence (a canary incident's is the canaries it sent: none here)."""
+    if (incident or {}).get("kind") == "canary":
+        return None
+    return (incident or {}).get("evidence")
+
+
 def write_subject_page(
     con: duckdb.DuckDBPyConnection,
     window: d.Window,
@@ -155,25 +207,55 @@ def write_subject_page(
     title: str,
     incident: dict | None = None,
     scores: d.Scores | None = None,
-    population: pl.DataFrame | None = None,
+    population: pl.DataFrame | Population | None = None,
     audit_dir: Path | None = None,
     incidents: list[dict] | None = None,
 ) -> Path:
     """One page about a user or a group: the incident page and ``stealwatch investigate``.
     ``title``: what the page is ("Incident", "Investigation"); the subject follows it.
-    ``population``: :func:`reports.data.population_sample` of the window, when the caller
-    writes several pages. ``audit_dir``: the audit's output folder, to link its overview and
-    incident pages when they exist; ``incidents``: :func:`triaged_incidents`, when known."""
-    events = d.subject_events(con, users, window)
+    ``population``: :func:`reports.data.population_sample` of the window (or its
+    :class:`Population`), when the caller writes several pages. ``audit_dir``: the audit's
+    output folder, to link its overview and incident pages when they exist; ``incidents``:
+    :func:`triaged_incidents`, when known."""
     if population is None:
         population = d.population_sample(con, window)
+    if not isinstance(population, Population):
+        population = Population.of(population)
     if incidents is None:
         incidents = triaged_incidents(con, window, scores)
+    return render_subject_page(
+        out_path,
+        read_subject(con, window, users, incident),
+        window=window,
+        users=users,
+        title=title,
+        incident=incident,
+        scores=scores,
+        population=population,
+        audit_dir=audit_dir,
+        incidents=incidents,
+    )
+
+
+def render_subject_page(
+    out_path: Path,
+    subject: SubjectData,
+    *,
+    window: d.Window,
+    users: list[str],
+    title: str,
+    incident: dict | None,
+    scores: d.Scores | None,
+    population: Population,
+    audit_dir: Path | None,
+    incidents: list[dict],
+) -> Path:
+    """:func:`write_subject_page` from what it read (:func:`read_subject`), without the store."""
+    events = subject.events
     score_rows = []
     if scores is not None:
         score_rows = scores.frame.filter(pl.col("user_id").is_in(users)).to_dicts()
     canary = (incident or {}).get("kind") == "canary"  # its evidence is the canaries it sent
-    evidence = None if canary else (incident or {}).get("evidence")
     related = _related(incidents, incident, users, score_rows)
     shown = related["listed"] or incident  # a merged canary's page shows its key's verdict
     summary = _subject_summary(events)
@@ -186,14 +268,14 @@ def write_subject_page(
         "summary": summary,
         "verdict": _verdict(shown, summary, score_rows, scores),
         "links": _links(out_path, audit_dir, related),
-        "evidence": evidence or d.feature_percentiles(con, users, window),
+        "evidence": own_evidence(incident) or subject.evidence,
         "canary_evidence": (incident or {}).get("evidence") if canary else [],
-        "canary_hits": d.canary_hits(con, users, window),
+        "canary_hits": subject.canary_hits,
         "score_rows": score_rows,
         "detectors": [] if scores is None else scores.detectors,
         "threshold": None if scores is None else scores.threshold,
-        "class_mix": _class_mix(events, population),
-        "charts": _subject_charts(events, population, window),
+        "class_mix": _class_mix(events, population.frame),
+        "charts": _subject_charts(events, population),
         "damage": (incident or {}).get("damage"),
         "damage_chart": _damage_chart((incident or {}).get("damage")),
         "sample": _sample(events),
@@ -321,7 +403,7 @@ def _class_mix(events: pl.DataFrame, population: pl.DataFrame) -> list[dict]:
     ]
 
 
-def _subject_charts(events: pl.DataFrame, population: pl.DataFrame, window: d.Window) -> dict:
+def _subject_charts(events: pl.DataFrame, population: Population) -> dict:
     result = dict.fromkeys(("per_day", "per_hour", "projection", "margins"))
     if events.is_empty():
         return result
@@ -343,7 +425,7 @@ def _subject_charts(events: pl.DataFrame, population: pl.DataFrame, window: d.Wi
     projected = _projection(events, population)
     if projected is not None:
         result["projection"] = charts.projection(*projected)
-    mine, pop = d.margins(events["probabilities"]), d.margins(population["probabilities"])
+    mine, pop = d.margins(events["probabilities"]), population.margins
     if len(mine):
         result["margins"] = charts.histogram(
             mine, xlabel="margin (top-1 − top-2 probability)", reference=pop
@@ -358,15 +440,11 @@ def _damage_chart(damage: dict | None):
     return charts.fidelity_curve([int(n) for n, _ in curve], [float(f) for _, f in curve])
 
 
-def _projection(events: pl.DataFrame, population: pl.DataFrame):
-    from sklearn.decomposition import PCA
-
-    pop = np.array(population["features"].to_list(), dtype=float)
+def _projection(events: pl.DataFrame, population: Population):
     mine = np.array(events["features"].head(d.SUBJECT_SAMPLE).to_list(), dtype=float)
-    if pop.ndim != 2 or len(pop) < 3 or pop.shape[1] < 2 or mine.ndim != 2:
+    if population.pca is None or mine.ndim != 2:
         return None
-    pca = PCA(n_components=2, random_state=0).fit(pop)
-    return pca.transform(pop), pca.transform(mine)
+    return population.projected, population.pca.transform(mine)
 
 
 def _sample(events: pl.DataFrame) -> list[dict]:

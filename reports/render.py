@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import io
 import os
@@ -33,8 +34,10 @@ SVG_RC = {
 _HIDDEN_CATEGORIES = {"Cc", "Cf", "Co", "Cn", "Zl", "Zp"}
 
 
+@functools.cache
 def environment() -> Environment:
-    """Autoescape is on for every template whatever its name (``.html.j2`` included)."""
+    """Autoescape is on for every template whatever its name (``.html.j2`` included). One per
+    process: its templates are compiled once, not once per page."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=True,

@@ -105,3 +105,26 @@ def _same_figures(ours: pl.DataFrame, theirs: pl.DataFrame) -> None:
 
 def test_a_second_run_writes_the_same_incident_pages(audits: dict[str, Path]) -> None:
     assert _pages(audits["cli"]) == _pages(audits["again"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_incident_pages_rendered_in_worker_processes_are_the_same_bytes(
+    audits: dict[str, Path], tmp_path: Path, workers: int
+) -> None:
+    """The report's pages from a pool of workers, and one page at a time in this process,
+    are the bytes the audit wrote (whose pages, fewer than the pool's threshold, were
+    rendered in-process)."""
+    import shutil
+
+    from reports.incident_pages import write_incident_pages
+
+    out = tmp_path / "out"
+    shutil.copytree(audits["cli"], out)
+    written = {page.name: page.read_bytes() for page in (out / "incidents").glob("*.html")}
+    shutil.rmtree(out / "incidents")
+    with duckdb.connect(str(out / "stealwatch.duckdb"), read_only=True) as con:
+        window = tuple(con.sql("SELECT min(day), max(day) FROM events").fetchall()[0])
+        count = write_incident_pages(con, window, out, workers=workers, min_pool_pages=1)
+    again = {page.name: page.read_bytes() for page in (out / "incidents").glob("*.html")}
+    assert count == len(written) >= 2
+    assert again == written

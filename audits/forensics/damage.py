@@ -18,7 +18,7 @@ import numpy as np
 from audits.forensics.surrogates import agreement, as_labels, winner
 from audits.forensics.traffic import Traffic
 
-CURVE_POINTS = 8
+CURVE_POINTS = 5  # curve sizes, geometric from MIN_CURVE_QUERIES to all (one refit each)
 BOOTSTRAP = 200
 TARGET = 0.9
 MIN_CURVE_QUERIES = 20
@@ -165,7 +165,7 @@ def estimate_damage(
     return Damage(fid, ci, curve, reached, n, name, soft, len(full), soft_name)
 
 
-def _queries_to(curve, target, fidelity_of, steps: int = 3) -> int | None:
+def _queries_to(curve, target, fidelity_of, steps: int = 4) -> int | None:
     """The first curve size that reaches ``target``, narrowed by a few bisection refits
     between it and the size before it."""
     hit = next((i for i, (_, f) in enumerate(curve) if f >= target), None)
