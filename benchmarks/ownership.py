@@ -9,8 +9,8 @@ then verifies, each through the project's model loader from a file:
   labels the logs show it received; saved as .skops, the logistic-regression copies as .onnx;
 - independent models: trained on the task's ground truth, never on the served model's
   answers: on SIM/holdout.parquet (data the served model never saw) in eight families,
-  three of them outside the fingerprint's null families, and the served model's own
-  architecture retrained on SIM/train.parquet with other seeds.
+  two of them (extra trees, RBF SVM) outside the fingerprint's null families, and the served
+  model's own architecture retrained on SIM/train.parquet with other seeds.
 Each model's fidelity is its agreement with the served model on SIM/holdout.parquet rows.
 Prints each verdict, then TPR (copies found) and FPR (independent models called copies)
 overall, by copy family and by fidelity band, next to the fidelity independent models reach.
@@ -19,7 +19,7 @@ Without --archive, simulates one into a temporary folder first.
     .venv/bin/python benchmarks/ownership.py --pool R11.json R12.json ...
 
 pools the --json results of several runs (seeds) into one TPR/FPR and ROC AUC. The fingerprint
-and verify settings were tuned on simulation seeds 1 and 2; docs/privacy.md reports seeds 11-15.
+and verify settings were tuned on simulation seeds 1-4; docs/privacy.md reports seeds 11-15.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ FIDELITY_ROWS = 4_000
 
 
 def independent_zoo(seed: int) -> list[tuple[str, object]]:
-    """Independent models of eight families (ExtraTrees, k-NN and an RBF SVM are not in the
+    """Independent models of eight families (extra trees and an RBF SVM are not in the
     fingerprint's null)."""
     from sklearn.ensemble import ExtraTreesClassifier
     from sklearn.neighbors import KNeighborsClassifier
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="simulation seed (default: 7)")
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--users", type=int, default=60)
-    parser.add_argument("--n", type=int, default=400, help="fingerprint inputs (default: 400)")
+    parser.add_argument("--n", type=int, default=600, help="fingerprint inputs (default: 600)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--pool", nargs="+", help="pool the --json results of several runs")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ FAMILY_LABELS = {
     "mlp": "MLP (64)",
     "mlp_deep": "MLP (32, 32)",
     "random_forest": "random forest",
+    "knn": "k nearest neighbours (15)",
 }
 REGION_LABELS = {
     "natural": "reference rows",
@@ -27,6 +28,7 @@ REGION_LABELS = {
     "uniform": "uniform over feature ranges",
     "perturbed": "reference rows + noise",
     "widened": "widened population",
+    "optimised": "optimised (gradient ascent on conferrability)",
 }
 
 

@@ -4,22 +4,25 @@ The fingerprint follows conferrable adversarial examples (Lukas et al., ICLR 202
 (Cao et al., 2021): inputs on which copies of the served model agree with it while models
 trained independently on the same task do not.
 
-1. Candidates come from six regions: reference rows, interpolations between reference rows,
-   points just beside the served model's decision boundary (bisection between rows of
+1. Candidates come from six sampled regions: reference rows, interpolations between reference
+   rows, points just beside the served model's decision boundary (bisection between rows of
    different predicted classes), uniform noise over the feature ranges, reference rows with
-   Gaussian noise, and a widened Gaussian fitted to the reference rows.
+   Gaussian noise, and a widened Gaussian fitted to the reference rows; and a seventh,
+   ``optimised``: per query strategy, starts moved by gradient ascent on the conferrability of
+   small torch ensembles (surrogates on the served labels, references on the ground truth of
+   the selection half; ``optimise``).
 2. Selection: surrogates trained on the served model's answers (what extraction attackers
-   do: natural, uniform, perturbed and widened queries; logistic regression, gradient
-   boosting, MLP) and independent models trained on the ground-truth labels of one half of
-   the ``--train`` rows (the null's five families, ``selection_seeds`` each). A candidate's
-   conferrability for one query strategy is the share of that strategy's surrogates that
-   agree with the served label (averaged over their families) minus the highest share of
-   any one family of independent models: a point the served model's own architecture
-   reproduces when trained independently is not conferrable. The fingerprint has one
-   stratum per strategy, its ``n / 4`` most conferrable candidates (none twice): averaged
-   over all surrogates, off-distribution points won, where copies trained on natural
-   queries behave like independent models.
-3. Null: ``K`` further independent models per family (five families, other seeds) trained on
+   do: natural, uniform, perturbed, widened, boundary and jittered queries; logistic
+   regression, gradient boosting, MLP) and independent models trained on the ground-truth
+   labels of one half of the ``--train`` rows (the null's six families, ``selection_seeds``
+   each). A candidate's conferrability for one query strategy is the share of that strategy's
+   surrogates that agree with the served label (averaged over their families) minus the
+   highest share of any one family of independent models: a point the served model's own
+   architecture reproduces when trained independently is not conferrable. The fingerprint
+   has one stratum per strategy, its ``n / 6`` most conferrable candidates (none twice):
+   averaged over all surrogates, off-distribution points won, where copies trained on
+   natural queries behave like independent models.
+3. Null: ``K`` further independent models per family (six families, other seeds) trained on
    the other half of the rows. Sharing no row with the selection models, they are not biased
    low by the selection: candidates are chosen where the selection models happen to disagree
    with the served model, and models trained on the same rows share those disagreements
@@ -46,7 +49,8 @@ else "not shown": the check cannot prove independence. Everything is written as 
 pickle.
 
 The package: ``candidates`` (inputs), ``fingerprint`` (selection and null), ``file`` (JSON),
-``verify`` (the test), ``models`` (the zoo). Files are written by ``reports.ownership``.
+``verify`` (the test), ``models`` (the zoo), ``optimise`` (gradient ascent). Files are
+written by ``reports.ownership``.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from audits.ownership.fingerprint import (
     INDEPENDENT_ROWS,
     NULL_FAMILIES,
     NULL_SEEDS,
+    OPTIMISED_PER_SOURCE,
     PROBE_POINTS,
     SELECTION_FAMILIES,
     SELECTION_SEEDS,
@@ -113,6 +118,7 @@ __all__ = [
     "MIN_MARGIN",
     "NULL_FAMILIES",
     "NULL_SEEDS",
+    "OPTIMISED_PER_SOURCE",
     "PROBE_POINTS",
     "QUERY_SOURCES",
     "REGIONS",

@@ -6,7 +6,7 @@ import numpy as np
 
 from audits.forensics import as_labels
 
-QUERY_SOURCES = ("natural", "uniform", "perturbed", "widened")
+QUERY_SOURCES = ("natural", "uniform", "perturbed", "widened", "boundary", "jittered")
 REGIONS = ("natural", "interpolated", "boundary", "uniform", "perturbed", "widened")
 MIN_MARGIN = 1e-3  # served top-two probability gap: float32 (ONNX) copies must not flip
 
@@ -61,17 +61,28 @@ def boundary_points(
     return xa + t[:, None] * (xb - xa)
 
 
-def query_sets(ref: np.ndarray, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """The query strategies of the simulated extraction attackers used for selection."""
+def query_sets(
+    ref: np.ndarray, rng: np.random.Generator, n: int, served=None
+) -> dict[str, np.ndarray]:
+    """The query strategies of the simulated extraction attackers used for selection: natural
+    rows, uniform probing, rows with Gaussian noise, a widened distribution, and, given the
+    served model, points beside its boundary (decision-based attacks) and natural rows nudged
+    by a tenth of a standard deviation (Jacobian augmentation)."""
     lo, hi = ref.min(axis=0), ref.max(axis=0)
     sd = np.maximum(ref.std(axis=0), 1e-12)
     rows = ref[rng.integers(0, len(ref), n)]
-    return {
+    out = {
         "natural": ref[rng.choice(len(ref), min(n, len(ref)), replace=False)],
         "uniform": rng.uniform(lo, hi, (n, ref.shape[1])),
         "perturbed": rows + sd * rng.standard_normal(rows.shape),
         "widened": widened(ref, rng, n),
     }
+    if served is not None:
+        near = boundary_points(served, ref, rng, n)
+        out["boundary"] = near + 0.05 * sd * rng.standard_normal(near.shape)
+        seeds = ref[rng.integers(0, len(ref), n)]
+        out["jittered"] = seeds + 0.15 * sd * rng.choice([-1.0, 1.0], seeds.shape)
+    return out
 
 
 def served_margin(served, X: np.ndarray) -> np.ndarray | None:

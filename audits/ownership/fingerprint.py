@@ -22,15 +22,23 @@ from audits.ownership.candidates import (
 from audits.ownership.file import FORMAT, VERSION
 from audits.ownership.models import fit_quietly, make_model
 
-DEFAULT_POINTS = 400  # split evenly over the QUERY_SOURCES strata
+DEFAULT_POINTS = 600  # split evenly over the QUERY_SOURCES strata
 PROBE_POINTS = 400
-CANDIDATES_PER_REGION = 2_000
+CANDIDATES_PER_REGION = 6_000
 SURROGATE_QUERIES = 1_500
 INDEPENDENT_ROWS = 8_000
 NULL_SEEDS = 8
 SELECTION_SEEDS = 3
+OPTIMISED_PER_SOURCE = 300
 SELECTION_FAMILIES = ("logistic_regression", "gradient_boosting", "mlp")
-NULL_FAMILIES = ("logistic_regression", "gradient_boosting", "mlp", "mlp_deep", "random_forest")
+NULL_FAMILIES = (
+    "logistic_regression",
+    "gradient_boosting",
+    "mlp",
+    "mlp_deep",
+    "random_forest",
+    "knn",
+)
 
 Progress = Callable[[str], None] | None
 
@@ -45,7 +53,7 @@ class _Trained:
 
 def _surrogates(served, ref, rng, families, seed, queries) -> list[_Trained]:
     out = []
-    for i, (source, X) in enumerate(query_sets(ref, rng, queries).items()):
+    for i, (source, X) in enumerate(query_sets(ref, rng, queries, served).items()):
         y = as_labels(served.predict(X))
         if len(np.unique(y)) < 2:
             continue
@@ -149,11 +157,14 @@ def make_fingerprint(
     progress: Progress = None,
     sources: dict | None = None,
     selection_seeds: int = SELECTION_SEEDS,
+    optimised: int = OPTIMISED_PER_SOURCE,
 ) -> dict:
     """The fingerprint of ``served`` as a JSON-ready dict (see the module docstring).
 
     ``train_X``/``train_y`` are ground-truth training rows of the task (labels as given);
-    ``reference`` are inputs of the population (default: ``train_X``).
+    ``reference`` are inputs of the population (default: ``train_X``). ``optimised`` adds
+    that many candidates per query strategy found by gradient ascent on the conferrability of
+    torch ensembles (:mod:`audits.ownership.optimise`), trained on the selection half.
     """
     from threadpoolctl import threadpool_limits
 
@@ -167,6 +178,12 @@ def make_fingerprint(
     with threadpool_limits(limits=1):
         say(f"fingerprint: {len(REGIONS)} x {per_region} candidate inputs")
         pool = candidate_pool(served, ref, rng, per_region)
+        select_rows, null_rows_idx = split_halves(train_y, rng)
+        if optimised > 0:
+            say(f"fingerprint: {optimised} optimised candidates per query strategy")
+            pool["optimised"] = _optimised(
+                served, train_X[select_rows], train_y[select_rows], ref, rng, optimised, seed
+            )
         regions = np.concatenate([np.full(len(v), k) for k, v in pool.items()])
         C = np.vstack([v for v in pool.values() if len(v)])
         labels = as_labels(served.predict(C))
@@ -177,7 +194,6 @@ def make_fingerprint(
         say("fingerprint: training selection surrogates on the served model's answers")
         surrogates = _surrogates(served, ref, rng, SELECTION_FAMILIES, seed, surrogate_queries)
         say("fingerprint: training selection models on the ground-truth labels")
-        select_rows, null_rows_idx = split_halves(train_y, rng)
         rows = rows_per_model(independent_rows, min(len(select_rows), len(null_rows_idx)))
         selectors = _independents(
             train_X[select_rows],
@@ -215,7 +231,7 @@ def make_fingerprint(
             for m in nulls
         ]
         copy_rows = [_agreement_row(m, points, point_labels, strata) for m in copies]
-    region_counts = {r: int((regions[chosen] == r).sum()) for r in REGIONS}
+    region_counts = {r: int((regions[chosen] == r).sum()) for r in pool}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -236,6 +252,7 @@ def make_fingerprint(
             "rows_per_independent_model": rows,
             "null_seeds": null_seeds,
             "selection_seeds": selection_seeds,
+            "optimised_per_strategy": optimised,
             "train_rows": int(len(train_X)),
             "reference_rows": int(len(ref)),
             **(sources or {}),
@@ -254,6 +271,16 @@ def make_fingerprint(
         "null": null_rows,
         "copies": copy_rows,
     }
+
+
+def _optimised(served, train_X, train_y, ref, rng, per_source: int, seed: int) -> np.ndarray:
+    from audits.ownership.optimise import optimised_candidates
+
+    queries = query_sets(ref, rng, SURROGATE_QUERIES, served)
+    rows = rng.choice(len(train_X), min(INDEPENDENT_ROWS, len(train_X)), replace=False)
+    return optimised_candidates(
+        served, queries, train_X[rows], train_y[rows], ref, rng, per_source, seed
+    )
 
 
 def _agreement_row(m: _Trained, points, labels, strata) -> dict:

@@ -15,6 +15,7 @@ def make_model(family: str, seed: int):
     """A fresh classifier of one family: the surrogates' and the independent models' zoo (the
     extraction study's surrogate families, plus a deeper MLP and a random forest)."""
     from sklearn.ensemble import RandomForestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -28,6 +29,8 @@ def make_model(family: str, seed: int):
         return make_pipeline(StandardScaler(), mlp)
     if family == "random_forest":
         return RandomForestClassifier(60, min_samples_leaf=2, random_state=seed, n_jobs=1)
+    if family == "knn":
+        return make_pipeline(StandardScaler(), KNeighborsClassifier(15))
     raise ValueError(f"unknown model family {family!r}")
 
 
@@ -49,6 +52,7 @@ ARCHITECTURES = {
     "GradientBoostingClassifier": "gradient_boosting",
     "RandomForestClassifier": "random_forest",
     "ExtraTreesClassifier": "random_forest",
+    "KNeighborsClassifier": "knn",
 }
 
 

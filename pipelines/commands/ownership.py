@@ -41,20 +41,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fp.add_argument(
         "--n",
         type=int,
-        default=400,
-        help="fingerprint inputs, split evenly over 4 query strategies (default: 400)",
+        default=600,
+        help="fingerprint inputs, split evenly over 6 query strategies (default: 600)",
     )
     fp.add_argument(
         "--candidates",
         type=int,
-        default=2000,
-        help="candidate inputs per region to select from (default: 2000)",
+        default=6000,
+        help="candidate inputs per region to select from (default: 6000)",
+    )
+    fp.add_argument(
+        "--optimised",
+        type=int,
+        default=300,
+        help="candidates per query strategy found by gradient ascent on the conferrability of "
+        "small torch ensembles (default: 300; 0: sampled candidates only)",
     )
     fp.add_argument(
         "--null-seeds",
         type=int,
         default=8,
-        help="independent models per family in the null (default: 8; 5 families)",
+        help="independent models per family in the null (default: 8; 6 families)",
     )
     fp.add_argument(
         "--train-rows",
@@ -126,6 +133,8 @@ def run_fingerprint(args: argparse.Namespace) -> int:
         raise InputError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.candidates < args.n:
         raise InputError(f"--candidates must be at least --n ({args.n}), got {args.candidates}")
+    if not 0 <= args.optimised <= 10_000:
+        raise InputError(f"--optimised must be between 0 and 10000, got {args.optimised}")
     if not 2 <= args.null_seeds <= 50:
         raise InputError(f"--null-seeds must be between 2 and 50, got {args.null_seeds}")
     out = Path(args.out)
@@ -153,6 +162,7 @@ def run_fingerprint(args: argparse.Namespace) -> int:
         seed=args.seed,
         per_region=args.candidates,
         null_seeds=args.null_seeds,
+        optimised=args.optimised,
         independent_rows=args.train_rows,
         progress=None if args.quiet else _progress,
         sources={
