@@ -6,7 +6,6 @@ writes one at a time, byte for byte."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 
+from audits.cores import default_workers
 from reports import data as d
 from reports.pages import (
     Population,
@@ -26,7 +26,6 @@ from reports.pages import (
 
 BATCH_PAGES = 32  # pages whose events one query reads (memory: their keys' events at once)
 MIN_POOL_PAGES = 16  # fewer pages are rendered in this process (starting workers costs more)
-MAX_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -137,9 +136,3 @@ def _render_in_pool(shared: Shared, tasks: Iterator[PageTask], workers: int) -> 
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def default_workers() -> int:
-    """One process per core this process may use, at most :data:`MAX_WORKERS`."""
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return max(1, min(MAX_WORKERS, len(usable) if usable else os.cpu_count() or 1))

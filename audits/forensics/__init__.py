@@ -42,7 +42,7 @@ from audits.forensics.defences import (
     rate_limits_of,
 )
 from audits.forensics.linking import feature_scale, link_groups, linked, pair_evidence
-from audits.forensics.pool import SubjectTask, default_workers, estimate_subjects
+from audits.forensics.pool import SubjectTask, estimate_subjects
 from audits.forensics.replay import replay_defences
 from audits.forensics.run import ForensicsResult, ForensicsSettings, run_forensics
 from audits.forensics.surrogates import (
@@ -87,7 +87,6 @@ __all__ = [
     "budget_draws",
     "curve_sizes",
     "damage_of_traffic",
-    "default_workers",
     "duplicate_queries",
     "estimate_damage",
     "estimate_subjects",

@@ -4,7 +4,6 @@ replay (:class:`SubjectTask`), in order, with at most a few subjects' traffic in
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -91,9 +90,3 @@ def _one_thread() -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: F401
 
     threadpool_limits(1)
-
-
-def default_workers() -> int:
-    """One process per core this process may use, at most 4."""
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return max(1, min(4, len(usable) if usable else os.cpu_count() or 1))

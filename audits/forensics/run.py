@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from audits.cores import default_workers
 from audits.errors import InputError
 from audits.event_source import EventSource
 from audits.forensics.damage import TRAIN_BUDGET, Damage
 from audits.forensics.defences import DefenceSettings, LegitCosts, legit_costs
 from audits.forensics.linking import link_groups
-from audits.forensics.pool import SubjectTask, default_workers, estimate_subjects
+from audits.forensics.pool import SubjectTask, estimate_subjects
 from audits.forensics.records import damage_figures
 from audits.forensics.surrogates import as_labels
 from audits.forensics.traffic import REFERENCE_ROWS, logged_reference, proba_columns, traffic
