@@ -52,7 +52,13 @@ def test_the_curve_refits_only_the_family_better_on_all_the_traffic():
     ref_y = fx.as_labels(label(ref))
     for k, value in d.curve[:-1]:
         agree, name = fx.agreement(
-            X[:k], fx.as_labels(label(X[:k])), ref, ref_y, 0, families=("gradient_boosting",)
+            X[:k],
+            fx.as_labels(label(X[:k])),
+            ref,
+            ref_y,
+            0,
+            families=("gradient_boosting",),
+            stop_early=True,
         )
         assert value == round(float(agree.mean()), 4) and name.startswith("gradient_boosting")
 

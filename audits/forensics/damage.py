@@ -125,7 +125,8 @@ def estimate_damage(
     stays bounded whatever the subject's volume; a subject within the budget is estimated from
     every query. ``Damage.trained_on`` says how many the full-traffic surrogates used. The
     full traffic is fitted by every label-trained family; the curve points and the search for
-    90% refit only the family that was better on the full traffic."""
+    90% refit only the family that was better on the full traffic. The boosting stops on a
+    training-loss plateau (``stop_early``); the simulator's truth grows all its iterations."""
     X = np.asarray(features, dtype=np.float64)
     y = as_labels(answers)
     ref_X = np.asarray(reference_X, dtype=np.float64)
@@ -142,12 +143,12 @@ def estimate_damage(
     draws = budget_draws(n, seed)
 
     full = training_rows(np.arange(n), draws, budget)
-    agree, name = agreement(X[full], y[full], ref_X, ref_y, seed)
+    agree, name = agreement(X[full], y[full], ref_X, ref_y, seed, stop_early=True)
     fid = round(float(agree.mean()), 4)
     soft, soft_name = None, ""
     if proba is not None:
         soft_agree, soft_name = agreement(
-            X[full], y[full], ref_X, ref_y, seed, proba[full], columns
+            X[full], y[full], ref_X, ref_y, seed, proba[full], columns, stop_early=True
         )
         soft = round(float(soft_agree.mean()), 4)
     families = winner(name)
@@ -155,7 +156,10 @@ def estimate_damage(
     def fidelity_of(k: int) -> float:
         """The fidelity from the first ``k`` queries, of the family better on all of them."""
         rows = training_rows(np.arange(k), draws, budget)
-        return float(agreement(X[rows], y[rows], ref_X, ref_y, seed, families=families)[0].mean())
+        agree_k, _ = agreement(
+            X[rows], y[rows], ref_X, ref_y, seed, families=families, stop_early=True
+        )
+        return float(agree_k.mean())
 
     curve: list[tuple[int, float]] = []
     for k in curve_sizes(n, curve_points):

@@ -83,7 +83,15 @@ def replay_defences(
         p = proba[rows] if proba is not None else None
         fams = families[proba is not None]
         agree, _ = agreement(
-            t.X[rows], t.y[rows], reference_X, reference_y, seed, p, columns, families=fams
+            t.X[rows],
+            t.y[rows],
+            reference_X,
+            reference_y,
+            seed,
+            p,
+            columns,
+            families=fams,
+            stop_early=True,
         )
         value = round(float(agree.mean()), 4)
         if proba is None:
