@@ -93,18 +93,21 @@ def _leaky_forest():
 
 
 def low_fpr_models() -> dict:
-    """Served models of four kinds, leaky and tight, as (estimator factory, file format); an
-    ONNX file cannot be re-fitted, so its reference models are a stand-in family (the forest is
-    also served as skops, whose references are clones, to show what the stand-in costs)."""
+    """Served models of four kinds, leaky and tight, as (estimator factory, file format,
+    whether the gate is given the training recipe for the reference models). An ONNX file
+    cannot be re-fitted: the leaky forest is served as ONNX with its recipe and without (a
+    stand-in family), and as skops (references are clones)."""
     return {
-        "random forest, no bootstrap (leaky)": (_leaky_forest, "onnx"),
-        "random forest, no bootstrap, re-fittable (leaky)": (_leaky_forest, "skops"),
+        "random forest, no bootstrap (leaky)": (_leaky_forest, "onnx", True),
+        "random forest, no bootstrap, stand-in references (leaky)": (_leaky_forest, "onnx", False),
+        "random forest, no bootstrap, re-fittable (leaky)": (_leaky_forest, "skops", False),
         "MLP, no regularisation (leaky)": (
             lambda: make_pipeline(
                 StandardScaler(),
                 MLPClassifier((256,), alpha=0.0, max_iter=300, random_state=0),
             ),
             "skops",
+            False,
         ),
         "gradient boosting, deep trees (leaky)": (
             lambda: HistGradientBoostingClassifier(
@@ -115,10 +118,12 @@ def low_fpr_models() -> dict:
                 random_state=0,
             ),
             "skops",
+            False,
         ),
         "logistic regression, C=0.01 (tight)": (
             lambda: make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000)),
             "onnx",
+            False,
         ),
     }
 
@@ -152,50 +157,62 @@ def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
     train, holdout = LabelledSet("train", Xa, ya, ()), LabelledSet("holdout", Xb, yb, ())
     print(f"make_classification(seed={seed}): {rows} members, {len(holdout)} non-members\n")
     print(
-        "| model | file | attack | refs | AUC (95% CI) | TPR@10% FPR | TPR@1% FPR | TPR@0.1% FPR |"
+        "| model | file | references | attack | refs | AUC (95% CI) | TPR@10% FPR | TPR@1% FPR "
+        "| TPR@0.1% FPR |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     at_tail = {}  # (model, refs) -> (members found by RMIA, by LiRA, members) at 0.1% FPR
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (make, fmt) in low_fpr_models().items():
+        for name, (make, fmt, with_recipe) in low_fpr_models().items():
             model = save_served(Path(tmp) / "m", make().fit(train.X, train.y), fmt, X.shape[1])
+            recipe = make() if with_recipe else None
             for k in references:
                 metrics, info = membership.membership_audit(
-                    model, train, holdout, seed=seed, reference_models=k
+                    model, train, holdout, seed=seed, reference_models=k, reference_recipe=recipe
                 )
                 at_tail[name, k] = tuple(
                     round(metrics[a]["tpr_at_0_1pct_fpr"] * info["members"])
                     for a in ("rmia", "lira_offline")
-                ) + (info["members"],)
+                ) + (info["members"], info["non_members"])
                 shown = (
                     metrics
                     if k == max(references)
                     else {a: metrics[a] for a in membership.REFERENCE_ATTACKS if a in metrics}
                 )
                 for attack, m in shown.items():
-                    refs = k if attack in membership.REFERENCE_ATTACKS else "-"
+                    uses_refs = attack in membership.REFERENCE_ATTACKS
+                    refs, family = (k, info["reference_family"]) if uses_refs else ("-", "-")
                     if attack == "rmia":
                         attack = f"rmia (a {info['rmia_a']:.1f}, T {info['rmia_temperature']:g})"
                     cells = " | ".join(_with_ci(m[key], m[f"{key}_ci"]) for key in FPR_KEYS)
                     auc = f"{m['auc']:.3f} ({m['auc_ci'][0]:.3f}-{m['auc_ci'][1]:.3f})"
-                    print(f"| {name} | {fmt} | {attack} | {refs} | {auc} | {cells} |")
+                    print(f"| {name} | {fmt} | {family} | {attack} | {refs} | {auc} | {cells} |")
                 sys.stdout.flush()
     criterion_table(at_tail)
 
 
 def criterion_table(at_tail: dict) -> None:
     """The issue's bar per leaky model and reference count: RMIA's TPR at 0.1% FPR at least
-    LiRA's, as counts of members found (a tie is a tie of counts)."""
-    print("\n| leaky model | refs | RMIA TPR@0.1% | LiRA TPR@0.1% | RMIA >= LiRA |")
-    print("|---|---|---|---|---|")
-    for (name, k), (rmia, lira, n) in at_tail.items():
+    LiRA's, as counts of members found (a tie is a tie of counts), with exact 95% intervals
+    and the false positives 0.1% FPR allows."""
+    print(
+        "\n| leaky model | refs | non-members (FPs at 0.1%) | RMIA TPR@0.1% (95% CI) "
+        "| LiRA TPR@0.1% (95% CI) | RMIA >= LiRA |"
+    )
+    print("|---|---|---|---|---|---|")
+    for (name, k), (rmia, lira, n, negatives) in at_tail.items():
         if "(leaky)" not in name:
             continue
         verdict = "tie" if rmia == lira else f"yes, +{rmia - lira}" if rmia > lira else "NO"
         print(
-            f"| {name} | {k} | {rmia / n:.4f} ({rmia}/{n}) | {lira / n:.4f} ({lira}/{n}) "
-            f"| {verdict} |"
+            f"| {name} | {k} | {negatives} ({int(negatives * 0.001)}) | {_found(rmia, n)} "
+            f"| {_found(lira, n)} | {verdict} |"
         )
+
+
+def _found(found: int, members: int) -> str:
+    low, high = membership.clopper_pearson(found, members)
+    return f"{found / members:.4f} ({found}/{members}; {low:.3f}-{high:.3f})"
 
 
 FPR_KEYS = ("tpr_at_10pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")

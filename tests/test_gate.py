@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import joblib
+import numpy as np
 import polars as pl
 import pytest
 import skops.io as sio
@@ -302,3 +303,35 @@ def test_skipped_privacy_audit_removes_an_earlier_runs_gate_outputs(tmp_path):
         [privacy_audit], resources={"audit": audit, "duckdb": _store(tmp_path)}
     ).success
     assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]
+
+
+def test_reference_recipe_trains_references_of_the_served_kind(files, tmp_path):
+    """An ONNX file carries no recipe: with --reference-recipe the references are the given
+    estimator's clones, and the JSON and the page say so."""
+    from skl2onnx import to_onnx
+
+    forest = sio.load(files["forest"], trusted=sio.get_untrusted_types(file=files["forest"]))
+    width = forest.n_features_in_
+    onx = to_onnx(forest, np.zeros((1, width), np.float32), options={"zipmap": False})
+    (tmp_path / "forest.onnx").write_bytes(onx.SerializeToString())
+    sio.dump(RandomForestClassifier(50, bootstrap=False, random_state=0), tmp_path / "r.skops")
+    args = gate_args({**files, "onnx": tmp_path / "forest.onnx"}, "onnx", tmp_path / "out")
+    assert cli([*args, "--reference-recipe", str(tmp_path / "r.skops")]) == 1
+    info = json.loads((tmp_path / "out" / "privacy_audit.json").read_text())["membership_info"]
+    assert info["reference_family"] == "recipe"
+    assert info["reference_estimator"] == "RandomForestClassifier"
+    assert "given with --reference-recipe" in (tmp_path / "out" / "privacy_report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "match"),
+    [("missing.skops", "not found"), ("r.csv", "must be a .skops file")],
+)
+def test_bad_reference_recipe_is_a_one_line_error(files, tmp_path, capsys, recipe, match):
+    (tmp_path / "r.csv").write_text("a\n1\n")
+    args = gate_args(
+        files, "logreg", tmp_path / "out", "--reference-recipe", str(tmp_path / recipe)
+    )
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1

@@ -63,9 +63,12 @@ def run_privacy_audit(
     budgets=extraction.DEFAULT_BUDGETS,
     families=extraction.FAMILIES,
     seed: int = 0,
+    reference_recipe=None,
     progress: Progress = None,
 ) -> dict:
-    """Audit a served model against its training and holdout data; returns the JSON result."""
+    """Audit a served model against its training and holdout data; returns the JSON result.
+    ``reference_recipe``: the estimator membership reference models are cloned from (for an
+    ONNX model, whose file carries no recipe; default: a stand-in family)."""
     thresholds = thresholds or Thresholds()
     if query_budget < 1:
         raise InputError(f"--query-budget must be a positive number of queries, got {query_budget}")
@@ -86,7 +89,9 @@ def run_privacy_audit(
         "train_accuracy": _accuracy(model, train_set),
         "seed": seed,
     }
-    result.update(_membership_section(model, train_set, holdout_set, seed, progress))
+    result.update(
+        _membership_section(model, train_set, holdout_set, seed, reference_recipe, progress)
+    )
     result.update(
         _extraction_section(model, holdout_set, query_budget, budgets, families, seed, progress)
     )
@@ -145,8 +150,10 @@ def _accuracy(model, data: LabelledSet) -> float:
     return float((pred == data.y).mean())
 
 
-def _membership_section(model, train, holdout, seed: int, progress: Progress) -> dict:
-    metrics, info = membership.membership_audit(model, train, holdout, seed=seed, progress=progress)
+def _membership_section(model, train, holdout, seed: int, recipe, progress: Progress) -> dict:
+    metrics, info = membership.membership_audit(
+        model, train, holdout, seed=seed, reference_recipe=recipe, progress=progress
+    )
     roc = {name: m.pop("roc") for name, m in metrics.items()}
     top = max(metrics, key=lambda name: metrics[name]["auc"])
     return {

@@ -53,6 +53,7 @@ from audits.privacy.references import (  # noqa: F401 (re-exported)
     References,
     auditable_holdout,
     fit_references,
+    load_reference_recipe,
     log_proba,
     plan_references,
     split_index,
@@ -172,6 +173,7 @@ def attack_scores(
     *,
     seed: int,
     reference_models: int = REFERENCE_MODELS,
+    reference_recipe=None,
     progress: Progress = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
     """Every attack's scores on the sample, why any attack was skipped, and reference info."""
@@ -196,6 +198,7 @@ def attack_scores(
             y_holdout,
             n_models=reference_models,
             seed=seed,
+            recipe=reference_recipe,
             progress=progress,
         )
         target_logp = log_proba(proba)
@@ -206,6 +209,7 @@ def attack_scores(
         scores["rmia"] = score_rmia(target_logp, sample.y, target_pop, refs, a, temperature)
         info = {
             "reference_family": refs.family,
+            "reference_estimator": refs.estimator,
             "rmia_a": a,
             "rmia_temperature": temperature,
             "population_rows": int(refs.population_out.any(axis=0).sum()),  # z scored against
@@ -232,9 +236,12 @@ def membership_audit(
     *,
     seed: int = 0,
     reference_models: int = REFERENCE_MODELS,
+    reference_recipe=None,
     progress: Progress = None,
 ) -> tuple[dict, dict]:
-    """Run every applicable attack on a balanced sample; returns (per-attack metrics, info)."""
+    """Run every applicable attack on a balanced sample; returns (per-attack metrics, info).
+    ``reference_recipe``: an estimator whose clones are the reference models (default: the
+    served estimator's clones, or a stand-in family for a model that cannot be re-fitted)."""
     if reference_models < 1:
         raise ValueError(f"reference_models must be >= 1, got {reference_models}")
     candidates = None
@@ -251,6 +258,7 @@ def membership_audit(
         holdout.y,
         seed=seed,
         reference_models=reference_models,
+        reference_recipe=reference_recipe,
         progress=progress,
     )
     metrics = {name: attack_metrics(s, sample.is_member, seed) for name, s in scores.items()}

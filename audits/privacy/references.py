@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.base import clone
+
+from audits.errors import InputError
 
 if TYPE_CHECKING:
     from audits.privacy.membership import MembershipSample
@@ -34,7 +37,8 @@ class References:
     population_rows: np.ndarray  # holdout rows used as the population z
     population_y: np.ndarray
     split_of: np.ndarray  # for each holdout row, the reference model trained on it
-    family: str  # "clone" or the family of the stand-in model
+    family: str  # "clone", "recipe" (given by the caller) or the family of the stand-in model
+    estimator: str = ""  # the class name of what the reference models are fitted from
 
     def __len__(self) -> int:
         return len(self.sample_logp)
@@ -53,9 +57,12 @@ def tempered_true_prob(logp: np.ndarray, y: np.ndarray, temperature: float = 1.0
     return np.exp(-logsumexp(gaps, axis=-1))
 
 
-def reference_estimator(served, seed: int):
-    """What reference models are fitted from: a clone of the served estimator, or for a model
-    that cannot be re-fitted a fresh model of the nearest family (and that family's name)."""
+def reference_estimator(served, seed: int, recipe=None):
+    """What reference models are fitted from, and its origin: the training ``recipe`` when the
+    caller gives one (an ONNX file carries none), else a clone of the served estimator, else for
+    a model that cannot be re-fitted a fresh model of the nearest family (that family's name)."""
+    if recipe is not None:
+        return recipe, "recipe"
     if served.kind != "onnx" and hasattr(served.estimator, "get_params"):
         return served.estimator, "clone"
     from audits.ownership import architecture, make_model
@@ -101,13 +108,15 @@ def fit_references(
     *,
     n_models: int,
     seed: int,
+    recipe=None,
     progress: Progress = None,
 ) -> References:
     """``n_models`` reference models on disjoint splits of the holdout (one model: on half),
-    laid out by :func:`plan_references` with the same seed."""
+    laid out by :func:`plan_references` with the same seed, fitted from
+    :func:`reference_estimator`."""
     splits, population = plan_references(len(y_holdout), n_models, seed)
     split_of = split_index(splits, len(y_holdout))
-    estimator, family = reference_estimator(served, seed)
+    estimator, family = reference_estimator(served, seed, recipe)
     n_classes = len(served.classes_)
     sample_logp = np.empty((n_models, len(sample.y), n_classes))
     population_logp = np.empty((n_models, len(population), n_classes))
@@ -115,7 +124,7 @@ def fit_references(
         rows = splits[k]
         if progress:
             progress(f"membership: fitting reference model {k + 1}/{n_models} on {len(rows)} rows")
-        model = clone(estimator).fit(X_holdout[rows], y_holdout[rows])
+        model = _fit(estimator, family, X_holdout[rows], y_holdout[rows])
         sample_logp[k] = log_proba(_full_proba(model, sample.X, n_classes))
         population_logp[k] = log_proba(_full_proba(model, X_holdout[population], n_classes))
     sample_out = np.ones((n_models, len(sample.y)), dtype=bool)
@@ -130,7 +139,48 @@ def fit_references(
         y_holdout[population],
         split_of,
         family,
+        _estimator_name(estimator),
     )
+
+
+def _fit(estimator, family: str, X: np.ndarray, y: np.ndarray):
+    """A fresh clone fitted on one split; a caller's recipe that cannot be fitted on the
+    holdout is an input error, not a traceback."""
+    if family != "recipe":
+        return clone(estimator).fit(X, y)
+    try:
+        return clone(estimator).fit(X, y)
+    except Exception as exc:
+        raise InputError(
+            f"the reference recipe {_estimator_name(estimator)} cannot be fitted on the "
+            f"holdout rows: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+
+
+def _estimator_name(estimator) -> str:
+    """The estimator's class, with a pipeline's final step: ``Pipeline(MLPClassifier)``."""
+    name = type(estimator).__name__
+    steps = getattr(estimator, "steps", None)
+    return f"{name}({type(steps[-1][1]).__name__})" if steps else name
+
+
+def load_reference_recipe(path: str | Path):
+    """A training recipe for reference models from a ``.skops`` file: a scikit-learn
+    estimator, fitted or not (only its parameters are used: it is cloned). Loaded with the
+    served-model loader's type checks; anything else is an :class:`InputError`."""
+    from audits.models import _load_skops  # the one skops loader with the trusted-type checks
+
+    path = Path(path)
+    if path.suffix.lower() != ".skops":
+        raise InputError(f"--reference-recipe must be a .skops file, got {path.name}")
+    if not path.is_file():
+        raise InputError(f"reference recipe not found: {path}")
+    recipe = _load_skops(path)
+    if not (hasattr(recipe, "get_params") and hasattr(recipe, "fit")):
+        raise InputError(f"{path} holds a {type(recipe).__name__}, not a scikit-learn estimator")
+    if not hasattr(recipe, "predict_proba"):
+        raise InputError(f"{path}: a {_estimator_name(recipe)} serves no probabilities")
+    return recipe
 
 
 def _full_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:

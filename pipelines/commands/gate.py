@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow loading a pickle/joblib model (runs code from the file)",
     )
+    parser.add_argument(
+        "--reference-recipe",
+        help="a .skops file of the scikit-learn estimator the model was trained with (fitted "
+        "or not; only its parameters are used): membership reference models are trained from "
+        "it. Default: clones of a scikit-learn model, a stand-in family for an ONNX model",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     """Audit, write the outputs, print one verdict line per risk; the exit code."""
     from audits.models import load_served_model
     from audits.privacy import Thresholds, run_privacy_audit
+    from audits.privacy.references import load_reference_recipe
     from reports.privacy import write_gate_outputs
 
     output_folder(args.out)  # before the run: exit 1 must only mean "threshold exceeded"
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         model = load_served_model(args.model, trust_pickle=args.trust_pickle)
+        recipe = load_reference_recipe(args.reference_recipe) if args.reference_recipe else None
         result = run_privacy_audit(
             model,
             args.train,
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             query_budget=args.query_budget,
             budgets=budgets,
             seed=args.seed,
+            reference_recipe=recipe,
             progress=None if args.quiet else _progress,
         )
         paths = write_gate_outputs(result, args.out)
