@@ -1,6 +1,8 @@
 """Charts for the audit pages, as inline SVG: text kept as text, dense point clouds rasterised,
-each with a text alternative. Only numbers and fixed labels are drawn: no log string reaches a
-chart."""
+each with a text alternative. The simple charts (bars, lines, histograms, the projection) are
+written directly by :mod:`reports.svg`; the overview's agreement map and its two-panel
+confidence trend are drawn by matplotlib. Only numbers and fixed labels are drawn: no log
+string reaches a chart, and every label is escaped."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from reports import svg
 from reports.render import SVG_RC, svg_markup
 
 ALL_COLOUR, SUSPECT_COLOUR, ACCENT = "#8a94a6", "#d1495b", "#1b6ca8"
@@ -34,43 +37,51 @@ def score_distribution(
 ) -> Markup:
     """Histogram of per-user suspicion, flagged users in red, the threshold as a line."""
     scores, flagged = np.asarray(scores, float), np.asarray(flagged, bool)
-    fig, ax = _figure()
-    bins = np.histogram_bin_edges(scores, bins=40) if len(scores) else 10
-    ax.hist(scores[~flagged], bins=bins, color=ALL_COLOUR, label="not flagged")
+    edges = np.histogram_bin_edges(scores, bins=40) if len(scores) else np.linspace(0, 1, 11)
+    counts = [np.histogram(scores[mask], bins=edges)[0] for mask in (~flagged, flagged)]
+    chart = svg.plot(
+        640, 260, (edges[0], edges[-1]), max(1, max(c.max() for c in counts)), y_title="users"
+    )
+    _histogram_bars(chart, edges, counts[0], ALL_COLOUR)
+    chart.legend("not flagged", ALL_COLOUR)
     if flagged.any():
-        ax.hist(scores[flagged], bins=bins, color=SUSPECT_COLOUR, label="flagged")
+        _histogram_bars(chart, edges, counts[1], SUSPECT_COLOUR)
+        chart.legend("flagged", SUSPECT_COLOUR)
     if threshold is not None:
-        ax.axvline(threshold, color="#222222", ls="--", lw=1, label="threshold")
-    ax.set_xlabel("suspicion score")
-    ax.set_ylabel("users")
-    ax.legend(frameon=False, fontsize=8)
-    return _done(
-        fig,
+        chart.vline(threshold, "#222222")
+        chart.legend("threshold", "#222222", "dash")
+    svg.numeric_x_axis(chart, "suspicion score")
+    return chart.svg(
         f"Histogram of {len(scores)} users' suspicion scores; {int(flagged.sum())} flagged"
         + ("" if threshold is None else f" at or above the threshold {threshold:.3f}"),
     )
 
 
+def _histogram_bars(chart, edges, counts, colour: str, opacity: float = 1.0) -> None:
+    for left, right, count in zip(edges[:-1], edges[1:], counts, strict=True):
+        if count > 0:
+            chart.rect(left, right, 0, count, colour, opacity)
+
+
 def activity_timeline(hours: Sequence, everyone: Sequence[int], suspects: Sequence[int]) -> Markup:
     """Queries per hour: everyone against the flagged users."""
-    fig, ax = _figure()
-    x = np.arange(len(hours))
-    ax.plot(x, everyone, color=ALL_COLOUR, lw=1.2, label="all users")
-    ax.plot(x, suspects, color=SUSPECT_COLOUR, lw=1.2, label="flagged users")
-    _hour_ticks(ax, hours)
-    ax.set_ylabel("queries per hour")
-    ax.legend(frameon=False, fontsize=8)
-    return _done(
-        fig,
+    x = np.arange(len(hours), dtype=float)
+    chart = svg.plot(
+        640,
+        260,
+        (0, max(1, len(hours) - 1)),
+        max(1, max(everyone, default=0)),
+        y_title="queries per hour",
+    )
+    chart.line(x, np.asarray(everyone, float), ALL_COLOUR, width=1.2)
+    chart.line(x, np.asarray(suspects, float), SUSPECT_COLOUR, width=1.2)
+    chart.legend("all users", ALL_COLOUR, "line")
+    chart.legend("flagged users", SUSPECT_COLOUR, "line")
+    svg.category_x_axis(chart, [hour.strftime("%m-%d %H:00") for hour in hours], "UTC hour")
+    return chart.svg(
         f"Queries per hour over {len(hours)} hours: all users peak at {max(everyone, default=0)}, "
         f"flagged users at {max(suspects, default=0)}",
     )
-
-
-def _hour_ticks(ax, hours: Sequence) -> None:
-    step = max(1, len(hours) // 8)
-    ticks = list(range(0, len(hours), step))
-    ax.set_xticks(ticks, [hours[i].strftime("%m-%d %H:00") for i in ticks], fontsize=7)
 
 
 def detector_agreement(names: Sequence[str], matrix: np.ndarray) -> Markup:
@@ -96,45 +107,42 @@ def detector_agreement(names: Sequence[str], matrix: np.ndarray) -> Markup:
 
 
 def bars(labels: Sequence[str], values: Sequence[float], *, xlabel: str, ylabel: str) -> Markup:
-    fig, ax = _figure(6.4, 2.4)
-    ax.bar(range(len(values)), values, color=ACCENT)
-    step = max(1, len(labels) // 12)
-    ax.set_xticks(
-        range(0, len(labels), step), [labels[i] for i in range(0, len(labels), step)], fontsize=7
+    chart = svg.plot(
+        640,
+        240,
+        (-0.5, len(values) - 0.5),
+        max(1, max(values, default=0)),
+        y_title=ylabel,
+        legend=False,
     )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    for i, value in enumerate(values):
+        chart.rect(i - 0.4, i + 0.4, 0, value, ACCENT)
+    svg.category_x_axis(chart, [str(label) for label in labels], xlabel)
     peak = int(np.argmax(values)) if len(values) else 0
     summary = f", most ({values[peak]:,}) at {labels[peak]}" if len(values) else ""
-    return _done(fig, f"Bar chart of {ylabel} by {xlabel}{summary}")
+    return chart.svg(f"Bar chart of {ylabel} by {xlabel}{summary}")
 
 
 def projection(population: np.ndarray, subject: np.ndarray) -> Markup:
     """The subject's queries over the population's, on the population's first two principal
-    components. The points are one raster layer under vector axes and text: thousands of
-    points as thousands of SVG paths weighed most of a page."""
-    fig, ax = _figure(4.8, 4.0)
-    ax.set_rasterization_zorder(3)  # everything below is drawn into one image
-    layers = (
-        (population, 4, ALL_COLOUR, 0.35, "population sample"),
-        (subject, 7, SUSPECT_COLOUR, 0.8, "this subject"),
+    components. The points are one raster image under vector axes and text: thousands of
+    points as thousands of SVG elements would weigh most of a page."""
+    both = np.vstack([population, subject]) if len(subject) else population
+    (x_low, y_low), (x_high, y_high) = both.min(axis=0), both.max(axis=0)
+    pad_x, pad_y = 0.04 * ((x_high - x_low) or 1), 0.04 * ((y_high - y_low) or 1)
+    chart = svg.plot(
+        480,
+        400,
+        (x_low - pad_x, x_high + pad_x),
+        y_high + pad_y,
+        y_low=y_low - pad_y,
+        y_title="PC 2",
     )
-    for zorder, (points, size, colour, alpha, label) in enumerate(layers, 1):
-        ax.scatter(
-            points[:, 0],
-            points[:, 1],
-            s=size,
-            color=colour,
-            alpha=alpha,
-            label=label,
-            zorder=zorder,
-            linewidths=0,
-        )
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.legend(frameon=False, fontsize=8, loc="best")
-    return _done(
-        fig,
+    chart.raster([(population, 1.6, ALL_COLOUR, 0.35), (subject, 2.2, SUSPECT_COLOUR, 0.8)])
+    chart.legend("population sample", ALL_COLOUR)
+    chart.legend("this subject", SUSPECT_COLOUR)
+    svg.numeric_x_axis(chart, "PC 1")
+    return chart.svg(
         f"Scatter of {len(subject)} of the subject's queries over {len(population)} sampled "
         "queries of everyone, on the population's first two principal components",
     )
@@ -147,17 +155,19 @@ def histogram(
     bins: int = 30,
     reference: Sequence[float] | None = None,
 ) -> Markup:
-    fig, ax = _figure(4.8, 2.6)
     edges = np.linspace(0, 1, bins + 1)
+    series = [(values, SUSPECT_COLOUR, 0.7, "this subject")]
     if reference is not None and len(reference):
-        ax.hist(reference, bins=edges, color=ALL_COLOUR, density=True, alpha=0.6, label="all users")
-    ax.hist(values, bins=edges, color=SUSPECT_COLOUR, density=True, alpha=0.7, label="this subject")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.legend(frameon=False, fontsize=8)
+        series.insert(0, (reference, ALL_COLOUR, 0.6, "all users"))
+    densities = [np.histogram(v, bins=edges, density=True)[0] for v, *_ in series]
+    peak = max((float(np.nanmax(h)) for h in densities if len(h)), default=1.0)
+    chart = svg.plot(480, 260, (0, 1), peak if peak == peak and peak > 0 else 1, y_title="density")
+    for density, (_, colour, opacity, label) in zip(densities, series, strict=True):
+        _histogram_bars(chart, edges, np.nan_to_num(density), colour, opacity)
+        chart.legend(label, colour)
+    svg.numeric_x_axis(chart, xlabel)
     median = float(np.median(values)) if len(values) else float("nan")
-    return _done(
-        fig,
+    return chart.svg(
         f"Histogram of {xlabel} for {len(values)} answers (median {median:.2f}) against all users",
     )
 
@@ -210,16 +220,20 @@ def confidence_trend(
 
 def fidelity_curve(queries: Sequence[int], fidelity: Sequence[float]) -> Markup:
     """How faithful a copy trained on the subject's first n queries (in time order) would be."""
-    fig, ax = _figure(4.8, 2.6)
-    ax.plot(queries, fidelity, color=SUSPECT_COLOUR, marker="o", ms=3, lw=1.4)
-    ax.axhline(0.9, color="#222222", ls="--", lw=0.8, label="90% fidelity")
-    ax.set_xscale("log")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("queries received (time order)")
-    ax.set_ylabel("surrogate fidelity")
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
-    return _done(
-        fig,
+    chart = svg.plot(
+        480,
+        260,
+        (min(queries) / 1.15, max(queries) * 1.15),
+        1.0,
+        y_title="surrogate fidelity",
+        x_kind="log",
+    )
+    chart.hline(0.9, "#222222", width=0.8)
+    chart.line(queries, fidelity, SUSPECT_COLOUR, marker="circle")
+    chart.legend("fidelity", SUSPECT_COLOUR, "line")
+    chart.legend("90% fidelity", "#222222", "dash")
+    svg.numeric_x_axis(chart, "queries received (time order)")
+    return chart.svg(
         f"Surrogate fidelity against queries received: {fidelity[-1]:.1%} after "
         f"{queries[-1]:,} queries",
     )

@@ -311,3 +311,11 @@ def test_a_window_too_small_to_score_exports_no_earlier_scores(tmp_path):
         assert main(args) == 0
         scores = pl.read_parquet(out / "user_scores.parquet")
         assert scores.height == (9 if users == 9 else 0)
+
+
+def test_svg_chart_labels_are_escaped() -> None:
+    from reports import charts
+
+    svg = charts.bars(["<script>", "\"&'"], [1, 2], xlabel="<b>day</b>", ylabel="queries")
+    assert "<script>" not in svg and "<b>" not in svg
+    assert "&lt;script&gt;" in svg and "&amp;" in svg and "&lt;b&gt;" in svg
