@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="simulation seed (default: 7)")
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--users", type=int, default=60)
-    parser.add_argument("--n", type=int, default=600, help="fingerprint inputs (default: 600)")
+    parser.add_argument("--n", type=int, default=12_000, help="fingerprint inputs (default: 12000)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--pool", nargs="+", help="pool the --json results of several runs")
     args = parser.parse_args(argv)

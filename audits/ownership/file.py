@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from audits.errors import InputError
 
 FORMAT = "stealwatch-fingerprint"
-VERSION = 2
+VERSION = 3
 
 
 def fingerprint_text(fingerprint: dict) -> str:
@@ -70,3 +71,16 @@ def _check_fingerprint(data) -> None:
             raise ValueError("null agreement by stratum does not match the strata")
         if len(row["probe_labels"]) != len(data["probe"]["points"]):
             raise ValueError("null probe labels do not match the probe inputs")
+    _check_weights(data)
+
+
+def _check_weights(data) -> None:
+    weights = np.asarray(data["weights"], dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != len(data["points"]):
+        raise ValueError("weights must be one row of per-point weights per null group")
+    if not np.isfinite(weights).all():
+        raise ValueError("weights must be finite")
+    for row in data["null"]:
+        scores = [v for v in row["scores"] if v is not None]
+        if len(row["scores"]) != len(weights) or not all(map(math.isfinite, scores)):
+            raise ValueError("null scores do not match the weight sets")

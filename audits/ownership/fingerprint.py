@@ -21,13 +21,15 @@ from audits.ownership.candidates import (
 )
 from audits.ownership.file import FORMAT, VERSION
 from audits.ownership.models import fit_quietly, make_model
+from audits.ownership.statistic import weight_sets
 
-DEFAULT_POINTS = 600  # split evenly over the QUERY_SOURCES strata
+DEFAULT_POINTS = 12_000  # split evenly over the QUERY_SOURCES strata
 PROBE_POINTS = 400
 CANDIDATES_PER_REGION = 6_000
 SURROGATE_QUERIES = 1_500
 INDEPENDENT_ROWS = 8_000
-NULL_SEEDS = 8
+NULL_SEEDS = 6  # per family and null group
+NULL_GROUPS = 2  # trained on disjoint rows of the null half
 SELECTION_SEEDS = 3
 OPTIMISED_PER_SOURCE = 300
 SELECTION_FAMILIES = ("logistic_regression", "gradient_boosting", "mlp")
@@ -191,6 +193,8 @@ def make_fingerprint(
         usable = np.isfinite(C).all(axis=1)
         if margin is not None:
             usable &= margin >= MIN_MARGIN
+        probe = _probe(usable, rng)
+        usable[probe] = False
         say("fingerprint: training selection surrogates on the served model's answers")
         surrogates = _surrogates(served, ref, rng, SELECTION_FAMILIES, seed, surrogate_queries)
         say("fingerprint: training selection models on the ground-truth labels")
@@ -213,22 +217,33 @@ def make_fingerprint(
         chosen, strata = select_strata(
             surrogate_agree, surrogates, selector_agree, selector_family, usable, per_stratum
         )
-        rest = np.setdiff1d(np.flatnonzero(usable), chosen)
-        probe = np.sort(rng.choice(rest, min(PROBE_POINTS, len(rest)), replace=False))
         points, point_labels = C[chosen], labels[chosen]
-        say(f"fingerprint: {len(null_families) * null_seeds} null models (independent training)")
-        null_seed_list = [seed * 100 + 10 + s for s in range(null_seeds)]
-        nulls = _independents(
-            train_X[null_rows_idx], train_y[null_rows_idx], rng, null_families, null_seed_list, rows
+        count = len(null_families) * null_seeds * NULL_GROUPS
+        say(f"fingerprint: {count} null models (independent training, {NULL_GROUPS} groups)")
+        nulls, groups = _null_groups(
+            train_X[null_rows_idx],
+            train_y[null_rows_idx],
+            rng,
+            null_families,
+            null_seeds,
+            seed,
+            independent_rows,
         )
         say("fingerprint: held-out surrogates (what a copy typically reaches)")
         copies = _surrogates(served, ref, rng, SELECTION_FAMILIES, seed + 7_919, surrogate_queries)
+        weights, null_scores = weight_sets(
+            _agreement(copies, points, point_labels),
+            _agreement(nulls, points, point_labels),
+            groups,
+        )
         null_rows = [
             {
                 **_agreement_row(m, points, point_labels, strata),
+                "group": int(g),
+                "scores": [None if np.isnan(v) else float(v) for v in null_scores[:, j]],
                 "probe_labels": as_labels(m.model.predict(C[probe])).tolist(),
             }
-            for m in nulls
+            for j, (m, g) in enumerate(zip(nulls, groups, strict=True))
         ]
         copy_rows = [_agreement_row(m, points, point_labels, strata) for m in copies]
     region_counts = {r: int((regions[chosen] == r).sum()) for r in pool}
@@ -251,6 +266,7 @@ def make_fingerprint(
             "independent_rows": independent_rows,
             "rows_per_independent_model": rows,
             "null_seeds": null_seeds,
+            "null_groups": NULL_GROUPS,
             "selection_seeds": selection_seeds,
             "optimised_per_strategy": optimised,
             "train_rows": int(len(train_X)),
@@ -268,9 +284,33 @@ def make_fingerprint(
             "independent": [m.name for m in selectors],
         },
         "probe": {"points": C[probe].tolist(), "labels": labels[probe].tolist()},
+        "weights": weights.tolist(),
         "null": null_rows,
         "copies": copy_rows,
     }
+
+
+def _probe(usable: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The probe set, drawn from the usable candidates before any is selected."""
+    pick = np.flatnonzero(usable)
+    return np.sort(rng.choice(pick, min(PROBE_POINTS, len(pick) // 2), replace=False))
+
+
+def _null_groups(train_X, train_y, rng, families, seeds: int, seed: int, requested: int):
+    """The null: ``NULL_GROUPS`` groups of ``seeds`` models per family, each group trained on
+    its own disjoint share of the rows (models within a group on 3/4 of that share)."""
+    shares = [np.arange(len(train_y))]
+    while len(shares) < NULL_GROUPS:
+        first, second = split_halves(train_y[shares[0]], rng)
+        shares = [*shares[1:], shares[0][first], shares[0][second]]
+    models, groups = [], []
+    for g, share in enumerate(shares):
+        rows = rows_per_model(requested, len(share))
+        seed_list = [seed * 100 + 10 + g * 50 + s for s in range(seeds)]
+        group = _independents(train_X[share], train_y[share], rng, families, seed_list, rows)
+        models += group
+        groups += [g] * len(group)
+    return models, np.array(groups)
 
 
 def _optimised(served, train_X, train_y, ref, rng, per_source: int, seed: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from audits.errors import InputError
 from audits.forensics import as_labels
 from audits.ownership.fingerprint import rates_by_stratum
 from audits.ownership.models import architecture
+from audits.ownership.statistic import z_scores, z_upper_p
 
 DEFAULT_ALPHA = 0.01
 ALL = "all"  # the whole fingerprint, tested beside each stratum
@@ -153,10 +154,12 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
         )
         for f in names
     }
-    p_family = {f: p for f, (p, _) in tests.items()}
+    z_family, df = _z_by_family(fingerprint, agree, probe_agreement, null_probe, families)
+    m = int(np.isfinite(_null_scores(nulls)).sum(axis=1).min())
+    p_family = {f: z_upper_p(z, df, m) for f, z in z_family.items()}
     family = architecture(suspect)
     matched_by = "architecture"
-    if family not in names:  # unknown: the family least surprised by the agreement
+    if family not in names:  # unknown: the family least surprised by the score
         family = max(names, key=lambda f: (p_family[f], -names.index(f)))
         matched_by = "most conservative"
     matched = np.flatnonzero(families == family)
@@ -194,6 +197,8 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
         "family_similarity": {f: round(v, 4) for f, v in family_similarity.items()},
         "probe_agreement": round(probe_agreement, 4),
         "p_value_by_family": {f: p_family[f] for f in names},
+        "z": round(float(z_family[family]), 4),
+        "z_by_family": {f: round(float(z), 4) for f, z in z_family.items()},
         "agreement_by_stratum": {
             s: {
                 "points": int(len(strata) if s == ALL else (strata == s).sum()),
@@ -223,6 +228,22 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
             else 0.0,
         },
     }
+
+
+def _null_scores(nulls: list[dict]) -> np.ndarray:
+    """(weight sets, null models) scores; NaN where a set came from the model's own group."""
+    return np.array([[np.nan if v is None else v for v in r["scores"]] for r in nulls]).T
+
+
+def _z_by_family(fingerprint, agree, probe_agreement, null_probe, families):
+    weights = np.asarray(fingerprint["weights"], dtype=np.float64)
+    return z_scores(
+        weights @ agree.astype(float),
+        probe_agreement,
+        _null_scores(fingerprint["null"]),
+        null_probe,
+        families,
+    )
 
 
 def _null_row(row: dict) -> dict:

@@ -41,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fp.add_argument(
         "--n",
         type=int,
-        default=600,
-        help="fingerprint inputs, split evenly over 6 query strategies (default: 600)",
+        default=12_000,
+        help="fingerprint inputs, split evenly over 6 query strategies (default: 12000)",
     )
     fp.add_argument(
         "--candidates",
@@ -60,8 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fp.add_argument(
         "--null-seeds",
         type=int,
-        default=8,
-        help="independent models per family in the null (default: 8; 6 families)",
+        default=6,
+        help="independent models per family in each of the null's 2 groups, trained on "
+        "disjoint rows (default: 6; 6 families)",
     )
     fp.add_argument(
         "--train-rows",
@@ -121,7 +122,7 @@ def read_reference(path: str, width: int, label_column: str) -> np.ndarray:
 
 def run_fingerprint(args: argparse.Namespace) -> int:
     from audits.models import load_served_model
-    from audits.ownership import make_fingerprint
+    from audits.ownership import REGIONS, make_fingerprint
     from audits.privacy.data import read_table, to_labelled
     from reports.ownership import write_fingerprint
 
@@ -131,8 +132,11 @@ def run_fingerprint(args: argparse.Namespace) -> int:
         raise InputError(f"--train-rows must be at least 50, got {args.train_rows}")
     if args.seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.candidates < args.n:
-        raise InputError(f"--candidates must be at least --n ({args.n}), got {args.candidates}")
+    if args.candidates * len(REGIONS) < 2 * args.n:
+        raise InputError(
+            f"--candidates x {len(REGIONS)} regions must be at least twice --n ({args.n}), "
+            f"got {args.candidates}"
+        )
     if not 0 <= args.optimised <= 10_000:
         raise InputError(f"--optimised must be between 0 and 10000, got {args.optimised}")
     if not 2 <= args.null_seeds <= 50:
