@@ -325,3 +325,18 @@ def test_bad_input_exits_2_with_one_line(archive, capsys, tmp_path):
     argv = ["fingerprint", "--model", str(sim / "model.skops"), "--out", str(tmp_path / "f.json")]
     assert main([*argv, "--train", str(sim / "reference.parquet"), *SMALL]) == 2
     assert "no label column" in capsys.readouterr().err
+
+
+def test_llr_weights_are_signed_and_each_set_scores_only_the_other_groups():
+    from audits.ownership.statistic import llr_weights, weight_sets
+
+    copies = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 0]], dtype=bool)
+    null = np.array([[0, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1]], dtype=bool)
+    w = llr_weights(copies, null)
+    # copies agree, the null does not: positive; both agree: near 0; only the null: negative
+    assert w[0] > 1 and abs(w[1]) < w[0] and w[2] < -1
+    groups = np.array([0, 0, 1, 1])
+    weights, scores = weight_sets(copies, null, groups)
+    assert weights.shape == (2, 3) and scores.shape == (2, 4)
+    assert np.isnan(scores[0, :2]).all() and np.isnan(scores[1, 2:]).all()
+    assert scores[0, 2] == pytest.approx(null[2] @ llr_weights(copies, null[:2]))

@@ -206,14 +206,18 @@ def run_verify(args: argparse.Namespace) -> int:
         f"{result['null_summary']['max']:.4f}"
     )
     print(
-        f"p-value: {result['p_value']:.3g} (all independent models: "
+        f"score: z {result['z']:.2f} above the independent models of that family "
+        "(signed per-point log-likelihood ratio of copying, expected from the probe agreement)"
+    )
+    print(
+        f"p-value: {result['p_value']:.3g} (agreement alone, all independent models: "
         f"{result['p_value_all_null']:.3g}, empirical {result['p_value_empirical']:.3g})"
     )
     strata = ", ".join(
         f"{name} {row['agreement']:.2f} (p {row['p_value']:.2g})"
         for name, row in result["agreement_by_stratum"].items()
     )
-    print(f"by query strategy: {strata}")
+    print(f"agreement by query strategy (not the verdict's test): {strata}")
     print(f"verdict: {result['verdict']} (alpha {result['alpha']})")
     if args.out:
         paths = write_verify_outputs(result, args.out)
