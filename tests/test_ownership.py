@@ -340,3 +340,33 @@ def test_llr_weights_are_signed_and_each_set_scores_only_the_other_groups():
     assert weights.shape == (2, 3) and scores.shape == (2, 4)
     assert np.isnan(scores[0, :2]).all() and np.isnan(scores[1, 2:]).all()
     assert scores[0, 2] == pytest.approx(null[2] @ llr_weights(copies, null[:2]))
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_copy_is_called_and_independent_models_of_each_family_are_not(tmp_path, seed):
+    """At the default alpha 0.01 on generated archives: a copy trained on the served model's
+    answers to uniform queries (as extraction attackers send) is called; a model of each null
+    family trained on holdout rows (which the served model never saw) is not."""
+    from audits.simulation import simulate
+
+    sim = tmp_path / "sim"
+    simulate(sim, seed=seed, days=1, users=20)
+    served = load_served_model(sim / "model.skops")
+    train_X, train_y = table(sim / "train.parquet")
+    hold_X, hold_y = table(sim / "holdout.parquet")
+    sizes = {"n": 600, "per_region": 300, "null_seeds": 6, "optimised": 0}
+    fingerprint = own.make_fingerprint(
+        served, train_X, train_y, **sizes, independent_rows=3000, seed=seed
+    )
+    rng = np.random.default_rng(seed)
+    queries = rng.uniform(train_X.min(axis=0), train_X.max(axis=0), size=(2000, 12))
+    answers = own.as_labels(served.predict(queries))
+    copy = own.fit_quietly(own.make_model("logistic_regression", seed), queries, answers)
+    sio.dump(copy, tmp_path / "copy.skops")
+    result = own.verify(fingerprint, load_served_model(tmp_path / "copy.skops"))
+    assert result["verdict"] == "copy", (result["z"], result["p_value"])
+    for family in own.NULL_FAMILIES:
+        model = own.fit_quietly(own.make_model(family, seed), hold_X[:3000], hold_y[:3000])
+        sio.dump(model, tmp_path / f"{family}.skops")
+        result = own.verify(fingerprint, load_served_model(tmp_path / f"{family}.skops"))
+        assert result["verdict"] == "not shown", (family, result["z"], result["p_value"])
