@@ -22,35 +22,30 @@ trained independently on the same task do not.
    has one stratum per strategy, its ``n / 6`` most conferrable candidates (none twice):
    averaged over all surrogates, off-distribution points won, where copies trained on
    natural queries behave like independent models.
-3. Null: ``K`` further independent models per family (six families, other seeds) trained on
-   the other half of the rows. Sharing no row with the selection models, they are not biased
-   low by the selection: candidates are chosen where the selection models happen to disagree
-   with the served model, and models trained on the same rows share those disagreements
-   (independent models trained on other data agreed up to 0.15 more than such a null). Each
-   model takes at most 3/4 of its half, so models of a family differ in data as well as
-   seed. They give the agreement an independent model reaches on the fingerprint, and their
-   labels on a probe set of unselected candidates. Held-out surrogates give the agreement a
-   copy typically reaches (report only).
+3. Null: ``NULL_GROUPS`` groups of ``K`` independent models per family (six families), each
+   group trained on its own disjoint share of the other half of the rows. Sharing no row with
+   the selection models, they are not biased low by the selection: candidates are chosen
+   where the selection models happen to disagree with the served model, and models trained on
+   the same rows share those disagreements. Held-out surrogates give the agreement a copy
+   reaches; with one null group's agreement they give each point a signed log-likelihood-ratio
+   weight, and each weight set scores the null models of the other group (``statistic``).
 
-Verification predicts the fingerprint with the suspect and compares its agreement with the
-null models of the suspect's family, since agreement on the fingerprint depends on the model
-family as much as on copying: the family of its own architecture when the file shows one (a
-scikit-learn estimator, an ONNX linear classifier or dense network), else the most
-conservative family (the largest p-value: matching by behaviour on the probe set let
-independent RBF SVMs pass as copies). The probe similarity is still reported. Per stratum
-and on all points, the p-value is the upper tail of a Student-t prediction interval for one
-more model of that family, its expected agreement from a regression of the null models'
-agreement on their agreement with the served model on the probe set (an intercept per family,
-one slope: a more faithful independent model agrees more on the fingerprint too), the
-residual spread pooled over all families; the suspect's p-value is the smallest times the number of
-tests (Bonferroni). The verdict is "copy" when
-it is below ``alpha`` (or the suspect file is byte-identical to the fingerprinted model),
-else "not shown": the check cannot prove independence. Everything is written as JSON: no
-pickle.
+Verification sums the weights of the points where the suspect gives the served label and
+compares the sum with the null models of the suspect's family, since agreement on the
+fingerprint depends on the model family as much as on copying: the family of its own
+architecture when the file shows one (a scikit-learn estimator, an ONNX linear classifier or
+dense network), else the most conservative family (the largest p-value: matching by
+behaviour on the probe set let independent RBF SVMs pass as copies). Its expected score
+comes from a regression of the null's scores on their agreement with the served model on a
+probe set of unselected candidates (an intercept per family, one slope: a more faithful
+independent model scores more too); the z-score over the pooled residual spread, averaged
+over the weight sets, gives a Student-t p-value. The verdict is "copy" when it is below
+``alpha`` (or the suspect file is byte-identical to the fingerprinted model), else "not
+shown": the check cannot prove independence. Everything is written as JSON: no pickle.
 
 The package: ``candidates`` (inputs), ``fingerprint`` (selection and null), ``file`` (JSON),
-``verify`` (the test), ``models`` (the zoo), ``optimise`` (gradient ascent). Files are
-written by ``reports.ownership``.
+``verify`` (the test), ``statistic`` (its score), ``models`` (the zoo), ``optimise``
+(gradient ascent). Files are written by ``reports.ownership``.
 """
 
 from __future__ import annotations
