@@ -120,8 +120,9 @@ def run_forensics(
     """The window's forensics from its events in ``source``: ``scores`` (``user_id``,
     ``group_id`` of every user), the ``flagged`` users, the ``incidents`` (``incident_id``,
     ``kind``, ``subject``, ``members``) and the ``reference`` (``None``: a sample of the
-    unflagged users' logged traffic). One subject (a key or a group's keys) is read and
-    estimated at a time, the legitimate users' defence costs once, a batch at a time."""
+    unflagged users' logged traffic). Consecutive subjects (keys or groups' keys) are read a
+    batch at a time and estimated one at a time, the legitimate users' defence costs once, a
+    batch at a time."""
     settings.check()
     clock = _Clock()
     ref_X, ref_y, ref_kind = _reference(source, flagged, settings, reference)
