@@ -390,6 +390,37 @@ def test_the_asset_reads_the_store_as_a_frame_and_in_workers_as_in_process(audit
     assert (table["queries"] > 300).any()
 
 
+def test_subjects_read_in_batches_get_the_traffic_one_read_each_gives(audited):
+    """Consecutive subjects' events read in one query (batches smaller than the window, a
+    user in two subjects, a subject larger than the batch) give each subject the arrays a
+    query of its own gives."""
+    from audits.event_source import DuckDBSource
+    from audits.forensics.run import subject_traffic
+    from audits.forensics.traffic import traffic
+
+    _, out, truth = audited
+    con = duckdb.connect(str(out / "stealwatch.duckdb"), read_only=True)
+    try:
+        window = con.sql("SELECT min(day), max(day) FROM user_day").fetchall()[0]
+        source = DuckDBSource(con, window)
+        users = source.users()
+        group = tuple(sorted(truth["groups"][0]["members"]))
+        keys = [(u,) for u in users[:12]] + [group, (group[0],)] + [tuple(users[12:40])]
+        counts = source.user_counts()
+        batch = 3 * max(counts[u] for u in users[:12])
+        assert sum(counts[u] for u in users[12:40]) > batch  # the last subject: alone
+        width = truth["input_width"]
+        got = list(subject_traffic(source, keys, width, max_events=batch))
+        want = [(key, traffic(source.fetch(list(key)), width)) for key in keys]
+    finally:
+        con.close()
+    assert [key for key, _ in got] == keys
+    for (_, a), (_, b) in zip(got, want, strict=True):
+        assert len(a.y) > 0 and np.array_equal(a.X, b.X) and np.array_equal(a.y, b.y)
+        assert np.array_equal(a.ts_s, b.ts_s) and np.array_equal(a.key, b.key)
+        assert np.array_equal(a.user, b.user) and np.array_equal(a.proba, b.proba)
+
+
 def test_an_old_damage_table_takes_the_new_rows():
     from assets.forensics import DAMAGE_MIGRATIONS
     from audits import tables

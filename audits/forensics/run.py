@@ -1,12 +1,13 @@
 """One window's forensics, as the asset and ``benchmarks/forensics.py`` both run it: the
 reference, the linked groups of the flagged keys, the legitimate users' defence costs (once),
-then every subject (each flagged user, each linked group, each incident's keys) read and
-estimated one at a time in a process pool, with the defence replay of every incident."""
+then every subject (each flagged user, each linked group, each incident's keys) estimated in
+a process pool, with the defence replay of every incident; consecutive subjects' events are
+read a batch at a time."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,14 +15,20 @@ import polars as pl
 
 from audits.cores import default_workers
 from audits.errors import InputError
-from audits.event_source import EventSource
+from audits.event_source import BATCH_EVENTS, EventSource
 from audits.forensics.damage import TRAIN_BUDGET, Damage
 from audits.forensics.defences import DefenceSettings, LegitCosts, legit_costs
 from audits.forensics.linking import link_groups
 from audits.forensics.pool import SubjectTask, estimate_subjects
 from audits.forensics.records import damage_figures
 from audits.forensics.surrogates import as_labels
-from audits.forensics.traffic import REFERENCE_ROWS, logged_reference, proba_columns, traffic
+from audits.forensics.traffic import (
+    REFERENCE_ROWS,
+    Traffic,
+    logged_reference,
+    proba_columns,
+    traffic,
+)
 
 Reference = tuple[np.ndarray, np.ndarray, str]
 """Reference inputs, the served model's answers on them and where they came from."""
@@ -113,8 +120,9 @@ def run_forensics(
     """The window's forensics from its events in ``source``: ``scores`` (``user_id``,
     ``group_id`` of every user), the ``flagged`` users, the ``incidents`` (``incident_id``,
     ``kind``, ``subject``, ``members``) and the ``reference`` (``None``: a sample of the
-    unflagged users' logged traffic). One subject (a key or a group's keys) is read and
-    estimated at a time, the legitimate users' defence costs once, a batch at a time."""
+    unflagged users' logged traffic). Consecutive subjects (keys or groups' keys) are read a
+    batch at a time and estimated one at a time, the legitimate users' defence costs once, a
+    batch at a time."""
     settings.check()
     clock = _Clock()
     ref_X, ref_y, ref_kind = _reference(source, flagged, settings, reference)
@@ -148,9 +156,38 @@ def run_forensics(
     return ForensicsResult(rows, fidelity, groups, incident_damage, clock.seconds)
 
 
+def subject_traffic(
+    source: EventSource,
+    keys: Sequence[tuple[str, ...]],
+    width: int,
+    max_events: int = BATCH_EVENTS,
+) -> Iterator[tuple[tuple[str, ...], Traffic]]:
+    """``(key, traffic)`` of each subject ``key`` (its members), in order: consecutive
+    subjects' events read in one query of about ``max_events`` events (a larger subject alone),
+    each subject's rows then taken from it, the same rows one query per subject would give."""
+    counts = source.user_counts()
+    batch: list[tuple[str, ...]] = []
+    size = 0
+    for key in keys:
+        n = sum(counts.get(user, 0) for user in key)
+        if batch and size + n > max_events:
+            yield from _traffic_of_batch(source, batch, width)
+            batch, size = [], 0
+        batch.append(key)
+        size += n
+    if batch:
+        yield from _traffic_of_batch(source, batch, width)
+
+
+def _traffic_of_batch(source, batch, width):
+    events = source.fetch(sorted({user for key in batch for user in key}))
+    for key in batch:
+        yield key, traffic(events.filter(pl.col("user_id").is_in(list(key))), width)
+
+
 def _estimate_all(source, task, keys, replay_keys, width, settings, log):
-    # one subject's events read at a time, while the workers estimate the ones before it
-    work = ((key, traffic(source.fetch(list(key)), width), key in replay_keys) for key in keys)
+    # a batch of subjects' events read at a time, while the workers estimate the ones before
+    work = ((key, t, key in replay_keys) for key, t in subject_traffic(source, keys, width))
     workers = settings.workers or default_workers()
     damages: dict[tuple[str, ...], Damage] = {}
     replays: dict[tuple[str, ...], dict] = {}

@@ -17,9 +17,9 @@ FAMILIES = ("logistic_regression", "gradient_boosting", "mlp")
 LABEL_FAMILIES = ("logistic_regression", "gradient_boosting")
 """The families whose better one measures fidelity (the MLP is the privacy study's extra)."""
 MAX_BINS = 255  # scikit-learn HistGradientBoosting's default
-EARLY_STOP = {"n_iter_no_change": 3, "tol": 1e-2}
+EARLY_STOP = {"n_iter_no_change": 3, "tol": 3e-2}
 """With ``stop_early``: the boosting stops once 3 iterations in a row improve its training loss
-by less than 0.01 (no rows held out: it trains on every row it is given)."""
+by less than 0.03 (no rows held out: it trains on every row it is given)."""
 
 
 def make_surrogate(family: str, seed: int, *, c: float = 1.0, stop_early: bool = False):
