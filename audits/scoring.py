@@ -23,6 +23,7 @@ carries its group's id; a member's score is the larger of its own and its group'
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -30,6 +31,7 @@ import polars as pl
 from audits.detection.groups import (  # noqa: F401  (re-exported)
     candidate_groups,
     group_features,
+    member_pool_z,
     subnet24,
 )
 from audits.detection.incidents import (  # noqa: F401  (re-exported)
@@ -53,6 +55,7 @@ Events = pl.DataFrame | EventSource
 ENSEMBLE_WEIGHT = 0.1
 RANK_DECIMALS = 9
 GROUP_MEMBER_FACTOR = 2.0  # a pooled group scores at most this x its median member's score
+MEMBER_POOL = True  # also judge a group by its members' own evidence pooled (member_pool_z)
 DELAY_CHECKPOINTS = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
 SCORE_COLUMNS = DETECTOR_NAMES  # one score_<name> column per registered detector
 
@@ -204,11 +207,26 @@ def score_users(
             .group_by("group_id")
             .agg(pl.col("own").median().alias("typical"))
         )
-        gs = pooled.join(typical, on="group_id").select(
-            "group_id",
-            pl.min_horizontal(
-                "pooled", GROUP_MEMBER_FACTOR * pl.col("typical").clip(lower_bound=0.0)
-            ).alias("score_group"),
+        # the members' own evidence pooled, on the score's scale: at the budget's nominal z it
+        # reaches the threshold
+        nominal = NormalDist().inv_cdf(1.0 - fp_budget)
+        pool = member_pool_z(groups, own, score).select(
+            "group_id", (pl.col("pool_z") * (threshold / nominal)).alias("member_pool")
+        )
+        if not MEMBER_POOL:
+            pool = pool.with_columns(pl.lit(-math.inf).alias("member_pool"))
+        gs = (
+            pooled.join(typical, on="group_id")
+            .join(pool, on="group_id", how="left")
+            .select(
+                "group_id",
+                pl.max_horizontal(
+                    pl.min_horizontal(
+                        "pooled", GROUP_MEMBER_FACTOR * pl.col("typical").clip(lower_bound=0.0)
+                    ),
+                    pl.col("member_pool").fill_null(-math.inf),
+                ).alias("score_group"),
+            )
         )
         member_of = (
             groups.join(gs, on="group_id")

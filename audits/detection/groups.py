@@ -73,3 +73,29 @@ def group_features(
         )
         parts.append(user_features(pooled, ref, seed=seed))
     return pl.concat(parts).sort("user_id") if parts else empty_features()
+
+
+def member_pool_z(groups: pl.DataFrame, own: pl.DataFrame, population: np.ndarray) -> pl.DataFrame:
+    """``(group_id, pool_z)``: each group's members' own evidence pooled, in z units.
+
+    Every member's own score is standardised by the population's median and 1.4826 x MAD;
+    the pool is Stouffer's sum of ``k`` members each counted at the *median* member's z,
+    ``sqrt(k) x median z``: many keys each a little suspicious add up, one strong member
+    (judged on its own already) does not carry colleagues who show nothing. ``own`` has
+    ``user_id`` and ``own`` (the member's score)."""
+    pop = np.asarray(population, dtype=np.float64)
+    pop = pop[np.isfinite(pop)]
+    if len(pop) == 0 or groups.height == 0:
+        return pl.DataFrame(schema={"group_id": pl.String, "pool_z": pl.Float64})
+    centre = float(np.median(pop))
+    scale = 1.4826 * float(np.median(np.abs(pop - centre)))
+    scale = scale if scale > 1e-9 else 1.0
+    return (
+        groups.join(own, on="user_id")
+        .group_by("group_id")
+        .agg(
+            ((pl.col("own").median() - centre) / scale * pl.len().cast(pl.Float64).sqrt()).alias(
+                "pool_z"
+            )
+        )
+    )
