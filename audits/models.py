@@ -85,7 +85,7 @@ def load_served_model(path: str | Path, *, trust_pickle: bool = False) -> Served
         raise InputError(f"model not found: {path}")
     suffix = path.suffix.lower()
     if suffix in SKOPS_SUFFIXES:
-        estimator, kind = _load_skops(path), "skops"
+        estimator, kind = load_skops_estimator(path), "skops"
     elif suffix in ONNX_SUFFIXES:
         return _load_onnx(path)
     elif suffix in PICKLE_SUFFIXES:
@@ -98,7 +98,9 @@ def load_served_model(path: str | Path, *, trust_pickle: bool = False) -> Served
     return _from_estimator(path, kind, estimator)
 
 
-def _load_skops(path: Path) -> Any:
+def load_skops_estimator(path: Path) -> Any:
+    """The object in a ``.skops`` file, loaded only when every type in it comes from
+    scikit-learn, NumPy or SciPy; anything else is an :class:`InputError`."""
     import skops.io as sio
 
     try:

@@ -14,6 +14,7 @@ from scipy.special import logsumexp
 from sklearn.base import clone
 
 from audits.errors import InputError
+from audits.models import load_skops_estimator
 
 if TYPE_CHECKING:
     from audits.privacy.membership import MembershipSample
@@ -168,14 +169,12 @@ def load_reference_recipe(path: str | Path):
     """A training recipe for reference models from a ``.skops`` file: a scikit-learn
     estimator, fitted or not (only its parameters are used: it is cloned). Loaded with the
     served-model loader's type checks; anything else is an :class:`InputError`."""
-    from audits.models import _load_skops  # the one skops loader with the trusted-type checks
-
     path = Path(path)
     if path.suffix.lower() != ".skops":
         raise InputError(f"--reference-recipe must be a .skops file, got {path.name}")
     if not path.is_file():
         raise InputError(f"reference recipe not found: {path}")
-    recipe = _load_skops(path)
+    recipe = load_skops_estimator(path)
     if not (hasattr(recipe, "get_params") and hasattr(recipe, "fit")):
         raise InputError(f"{path} holds a {type(recipe).__name__}, not a scikit-learn estimator")
     if not hasattr(recipe, "predict_proba"):
