@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/privacy.py attacks  # membership table on bundled sklearn data
     .venv/bin/python benchmarks/privacy.py lowfpr   # AUC and TPR at 10/1/0.1% FPR with CIs,
                                                     # five served models, LiRA vs RMIA (1, 4 refs)
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/privacy.py lowfpr --seed 1  # another data seed
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/privacy.py lowfpr --seed 0,1,2  # data seeds
+    .venv/bin/python benchmarks/privacy.py lowfpr --ceiling  # + RMIA's best grid point (diagnostic)
 
 Prints figures; asserts nothing.
 """
@@ -22,6 +23,7 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_curve
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
@@ -140,10 +142,11 @@ def save_served(path: Path, estimator, fmt: str, width: int):
     return load_served_model(path)
 
 
-def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
+def low_fpr_table(rows: int, references: tuple[int, ...], seed: int, ceiling: bool = False) -> dict:
     """Every attack's AUC and TPR at 10/1/0.1% FPR with 95% intervals (bootstrap for the AUC,
     Clopper-Pearson for TPRs) on ``rows`` training and as many holdout rows, per served model;
-    LiRA and RMIA with each number of reference models."""
+    LiRA and RMIA with each number of reference models. Returns the criterion cells; with
+    ``ceiling``, each leaky cell also carries RMIA's best count over its (a, T) grid."""
     X, y = make_classification(
         n_samples=2 * rows,
         n_features=20,
@@ -174,6 +177,8 @@ def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
                     round(metrics[a]["tpr_at_0_1pct_fpr"] * info["members"])
                     for a in ("rmia", "lira_offline")
                 ) + (info["members"], info["non_members"])
+                if ceiling and "(leaky)" in name:
+                    at_tail[name, k] += rmia_grid_ceiling(model, train, holdout, seed, k, recipe)
                 shown = (
                     metrics
                     if k == max(references)
@@ -189,6 +194,30 @@ def low_fpr_table(rows: int, references: tuple[int, ...], seed: int) -> None:
                     print(f"| {name} | {fmt} | {family} | {attack} | {refs} | {auc} | {cells} |")
                 sys.stdout.flush()
     criterion_table(at_tail)
+    return at_tail
+
+
+def rmia_grid_ceiling(model, train, holdout, seed: int, k: int, recipe) -> tuple:
+    """A diagnostic, not an attack: the most members RMIA finds at 0.1% FPR over its whole
+    (a, T) grid when the target's own membership picks the point, and that point. The sample
+    and references are those :func:`membership.membership_audit` builds with the same seed."""
+    splits, _ = membership.plan_references(len(holdout.y), k, seed)
+    split_of = membership.split_index(splits, len(holdout.y))
+    candidates = membership.auditable_holdout(split_of, k)
+    sample = membership.balanced_sample(train.X, train.y, holdout.X, holdout.y, seed, candidates)
+    refs = membership.fit_references(
+        model, sample, holdout.X, holdout.y, n_models=k, seed=seed, recipe=recipe
+    )
+    target_logp = membership.log_proba(model.predict_proba(sample.X))
+    target_pop = membership.log_proba(model.predict_proba(holdout.X[refs.population_rows]))
+    found = {}
+    for t in membership.RMIA_TEMPERATURES:
+        for a in membership.RMIA_A_GRID:
+            s = membership.score_rmia(target_logp, sample.y, target_pop, refs, float(a), t)
+            fpr, tpr, _ = roc_curve(sample.is_member, s)
+            found[float(a), t] = round(membership.tpr_at_fpr(fpr, tpr, 0.001) * len(s) / 2)
+    best = max(found, key=found.get)
+    return found[best], best
 
 
 def criterion_table(at_tail: dict) -> None:
@@ -200,14 +229,36 @@ def criterion_table(at_tail: dict) -> None:
         "| LiRA TPR@0.1% (95% CI) | RMIA >= LiRA |"
     )
     print("|---|---|---|---|---|---|")
-    for (name, k), (rmia, lira, n, negatives) in at_tail.items():
+    for (name, k), (rmia, lira, n, negatives, *ceiling) in at_tail.items():
         if "(leaky)" not in name:
             continue
-        verdict = "tie" if rmia == lira else f"yes, +{rmia - lira}" if rmia > lira else "NO"
+        verdict = _verdict(rmia, lira)
+        if ceiling:
+            best, (a, t) = ceiling
+            verdict += f"; grid ceiling {best} (a {a:.1f}, T {t:g}): {_verdict(best, lira)}"
         print(
             f"| {name} | {k} | {negatives} ({int(negatives * 0.001)}) | {_found(rmia, n)} "
             f"| {_found(lira, n)} | {verdict} |"
         )
+
+
+def _verdict(rmia: int, lira: int) -> str:
+    return "tie" if rmia == lira else f"yes, +{rmia - lira}" if rmia > lira else "NO"
+
+
+def seeds_summary(cells: dict) -> None:
+    """Per seed and over all seeds: the leaky cells where RMIA finds at least LiRA's members."""
+    print("\n| seeds | leaky cells | RMIA >= LiRA | of them ties |")
+    print("|---|---|---|---|")
+    rows = {
+        seed: [c for (name, _), c in at_tail.items() if "(leaky)" in name]
+        for seed, at_tail in cells.items()
+    }
+    rows["all"] = [c for seed in cells for c in rows[seed]]
+    for seed, leaky in rows.items():
+        met = sum(c[0] >= c[1] for c in leaky)
+        ties = sum(c[0] == c[1] for c in leaky)
+        print(f"| {seed} | {len(leaky)} | {met} | {ties} |")
 
 
 def _found(found: int, members: int) -> str:
@@ -266,7 +317,15 @@ def main() -> None:
     parser.add_argument(
         "--refs", default="1,4", help="reference-model counts for lowfpr (default 1,4)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="data seed for lowfpr (default 0)")
+    parser.add_argument(
+        "--seed", default="0", help="data seed(s) for lowfpr, comma-separated (default 0)"
+    )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="lowfpr: also RMIA's best count over its (a, T) grid, picked with the target's "
+        "membership (a diagnostic of the tuning, not an attack)",
+    )
     args = parser.parse_args()
     np.seterr(all="ignore")
     warnings.filterwarnings("ignore")
@@ -274,7 +333,9 @@ def main() -> None:
         attacks_table()
     elif args.what == "lowfpr":
         refs = tuple(sorted(int(k) for k in args.refs.split(",")))
-        low_fpr_table(args.rows or 2500, refs, args.seed)
+        seeds = [int(seed) for seed in args.seed.split(",")]
+        cells = {seed: low_fpr_table(args.rows or 2500, refs, seed, args.ceiling) for seed in seeds}
+        seeds_summary(cells)
     else:
         timing(args.rows or 20_000)
 
