@@ -154,8 +154,12 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
         )
         for f in names
     }
-    z_family, df = _z_by_family(fingerprint, agree, probe_agreement, null_probe, families)
-    m = int(np.isfinite(_null_scores(nulls)).sum(axis=1).min())
+    null_scores = _null_scores(nulls)
+    weights = np.asarray(fingerprint["weights"], dtype=np.float64)
+    z_family, df = z_scores(
+        weights @ agree.astype(float), probe_agreement, null_scores, null_probe, families
+    )
+    m = int(np.isfinite(null_scores).sum(axis=1).min())
     p_family = {f: z_upper_p(z, df, m) for f, z in z_family.items()}
     family = architecture(suspect)
     matched_by = "architecture"
@@ -233,17 +237,6 @@ def verify(fingerprint: dict, suspect, *, alpha: float = DEFAULT_ALPHA) -> dict:
 def _null_scores(nulls: list[dict]) -> np.ndarray:
     """(weight sets, null models) scores; NaN where a set came from the model's own group."""
     return np.array([[np.nan if v is None else v for v in r["scores"]] for r in nulls]).T
-
-
-def _z_by_family(fingerprint, agree, probe_agreement, null_probe, families):
-    weights = np.asarray(fingerprint["weights"], dtype=np.float64)
-    return z_scores(
-        weights @ agree.astype(float),
-        probe_agreement,
-        _null_scores(fingerprint["null"]),
-        null_probe,
-        families,
-    )
 
 
 def _null_row(row: dict) -> dict:
